@@ -1,0 +1,1 @@
+//! crema: a Caffe-compatible deep-learning trainer.
