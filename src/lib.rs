@@ -1,1 +1,17 @@
 //! crema: a Caffe-compatible deep-learning trainer.
+//!
+//! Prototxt nets are parsed into a layer graph ([`net::Net`]) whose layers compute through an
+//! [`engine::Engine`]; [`solver::Solver`] trains them and writes Caffe-format snapshots.
+
+pub mod blob;
+pub mod data;
+pub mod engine;
+pub mod error;
+pub mod filler;
+pub mod layers;
+pub mod net;
+pub mod rng;
+pub mod solver;
+pub mod upgrade;
+
+pub use error::{Error, Result};

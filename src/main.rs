@@ -1,1 +1,42 @@
-fn main() {}
+//! crema's command-line entry point.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// crema: a Caffe-compatible deep-learning trainer.
+#[derive(Parser, Debug)]
+#[command(name = "crema", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train a net from a solver definition (Caffe's `caffe train`).
+    Train(cli::train::Args),
+    /// Score a trained model over N batches (Caffe's `caffe test`).
+    Test(cli::test::Args),
+    /// Time each layer's forward and backward pass (Caffe's `caffe time`).
+    Time(cli::time::Args),
+}
+
+fn main() -> ExitCode {
+    cli::log::init();
+    let args = cli::caffe_style_args(std::env::args().collect());
+    let cli = Cli::parse_from(args);
+    let result = match &cli.command {
+        Command::Train(a) => cli::train::run(a),
+        Command::Test(a) => cli::test::run(a),
+        Command::Time(a) => cli::time::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! `crema time`: per-layer forward/backward timings (Caffe's `caffe time`).
+
+use super::common::{engine, parse_phase, EngineArgs};
+use crema::layers::Phase;
+use crema::net::{net_from_file, State};
+use std::path::PathBuf;
+use std::time::Instant;
+use tracing::info;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The net definition to time.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Number of forward-backward iterations to average over.
+    #[arg(long, default_value_t = 50)]
+    pub iterations: usize,
+    /// Phase to build the net for.
+    #[arg(long, default_value = "TRAIN", value_parser = parse_phase)]
+    pub phase: Phase,
+    /// Optional weights to load first.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Time the forward pass only.
+    #[arg(long)]
+    pub forward_only: bool,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+pub fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let engine = engine(&args.engine, false);
+    let state = State { phase: args.phase, level: args.engine.level, stages: args.engine.stage.clone() };
+    let mut net = net_from_file(&args.model, &state, engine)?;
+    if let Some(w) = &args.weights {
+        net.copy_trained_layers_from(w)?;
+    }
+    let n = net.layers().len();
+    info!("Performing Forward");
+    net.forward()?;
+    if !args.forward_only {
+        info!("Performing Backward");
+        net.backward()?;
+    }
+    let iters = args.iterations.max(1);
+    let mut fwd = vec![0f64; n];
+    let mut bwd = vec![0f64; n];
+    let mut total_f = 0f64;
+    let mut total_b = 0f64;
+    let t_all = Instant::now();
+    for it in 0..iters {
+        let t = Instant::now();
+        for i in 0..n {
+            let s = Instant::now();
+            net.forward_range(i, i + 1)?;
+            fwd[i] += s.elapsed().as_secs_f64() * 1e3;
+        }
+        total_f += t.elapsed().as_secs_f64() * 1e3;
+        if !args.forward_only {
+            let t = Instant::now();
+            for i in (0..n).rev() {
+                let s = Instant::now();
+                net.backward_layer(i)?;
+                bwd[i] += s.elapsed().as_secs_f64() * 1e3;
+            }
+            total_b += t.elapsed().as_secs_f64() * 1e3;
+        }
+        info!("Iteration: {} forward-backward time: {:.3} ms.", it + 1, t.elapsed().as_secs_f64() * 1e3);
+    }
+    let k = iters as f64;
+    info!("Average time per layer: ");
+    println!("{:<24} {:<16} {:>12} {:>12}", "layer", "type", "forward ms", "backward ms");
+    for (i, l) in net.layers().iter().enumerate() {
+        info!("{:>12}\tforward: {:.5} ms.", l.name, fwd[i] / k);
+        if !args.forward_only {
+            info!("{:>12}\tbackward: {:.5} ms.", l.name, bwd[i] / k);
+        }
+        println!("{:<24} {:<16} {:>12.4} {:>12.4}", l.name, l.kind, fwd[i] / k, bwd[i] / k);
+    }
+    let msg_f = format!("Average Forward pass: {:.4} ms.", total_f / k);
+    let msg_b = format!("Average Backward pass: {:.4} ms.", total_b / k);
+    let msg_fb = format!("Average Forward-Backward: {:.4} ms.", (total_f + total_b) / k);
+    for m in [&msg_f, &msg_b, &msg_fb] {
+        info!("{m}");
+        println!("{m}");
+    }
+    info!("Total Time: {:.3} ms.", t_all.elapsed().as_secs_f64() * 1e3);
+    info!("*** Benchmark ends ***");
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! Eltwise: elementwise SUM (with coefficients), PROD or MAX of several bottoms.
+
+use super::{Ctx, Layer};
+use crate::blob::{Blob, BlobRef};
+use crate::{bail, Result};
+use crema_proto::caffe::eltwise_parameter::EltwiseOp;
+use crema_proto::caffe::LayerParameter;
+
+pub struct Eltwise {
+    op: EltwiseOp,
+    coeff: Vec<f32>,
+    arg: Option<BlobRef>,
+}
+
+impl Eltwise {
+    pub fn create(lp: &LayerParameter) -> Result<Box<dyn Layer>> {
+        let p = lp.eltwise_param.clone().unwrap_or_default();
+        if !p.coeff.is_empty() && p.operation() != EltwiseOp::Sum {
+            bail!("eltwise_param.coeff applies only to operation SUM");
+        }
+        if !p.coeff.is_empty() && p.coeff.len() != lp.bottom.len() {
+            bail!("eltwise_param has {} coeff values for {} bottoms; give one per bottom", p.coeff.len(), lp.bottom.len());
+        }
+        Ok(Box::new(Eltwise { op: p.operation(), coeff: p.coeff.clone(), arg: None }))
+    }
+
+    fn coeff(&self, i: usize) -> f32 {
+        self.coeff.get(i).copied().unwrap_or(1.0)
+    }
+}
+
+impl Layer for Eltwise {
+    fn arity(&self) -> ((usize, usize), (usize, usize)) {
+        ((2, usize::MAX), (1, 1))
+    }
+
+    fn reshape(&mut self, cx: &Ctx, bottom: &[BlobRef], top: &[BlobRef]) -> Result<()> {
+        let s = bottom[0].shape();
+        for b in &bottom[1..] {
+            if b.shape() != s {
+                bail!("all bottoms must have the same shape: {s:?} vs {:?}", b.shape());
+            }
+        }
+        if bottom.iter().any(|b| super::in_place(b, &top[0])) {
+            bail!("Eltwise cannot run in place; give it a top of its own");
+        }
+        top[0].reshape(cx.engine, &s);
+        if self.op == EltwiseOp::Max {
+            match &self.arg {
+                Some(a) => a.reshape(cx.engine, &s),
+                None => self.arg = Some(Blob::new_ref(cx.engine, &s)),
+            }
+        }
+        Ok(())
+    }
+
+    fn forward(&mut self, cx: &Ctx, bottom: &[BlobRef], top: &[BlobRef]) -> Result<()> {
+        let e = cx.engine;
+        let mut y = top[0].data_mut();
+        match self.op {
+            EltwiseOp::Sum => {
+                for (i, b) in bottom.iter().enumerate() {
+                    e.axpby(self.coeff(i), &b.data(), if i == 0 { 0.0 } else { 1.0 }, &mut y);
+                }
+            }
+            EltwiseOp::Prod => {
+                e.axpby(1.0, &bottom[0].data(), 0.0, &mut y);
+                for b in &bottom[1..] {
+                    e.mul(None, &b.data(), &mut y);
+                }
+            }
+            EltwiseOp::Max => {
+                if let Some(arg) = &self.arg {
+                    let mut a = arg.data_mut();
+                    for (i, b) in bottom.iter().enumerate() {
+                        e.max_accumulate(&b.data(), i, i == 0, &mut y, &mut a);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn backward(&mut self, cx: &Ctx, top: &[BlobRef], pd: &[bool], bottom: &[BlobRef]) -> Result<()> {
+        let e = cx.engine;
+        let dy = top[0].diff();
+        for (i, b) in bottom.iter().enumerate() {
+            if !pd[i] {
+                continue;
+            }
+            let mut dx = b.diff_mut();
+            match self.op {
+                EltwiseOp::Sum => e.axpby(self.coeff(i), &dy, 0.0, &mut dx),
+                EltwiseOp::Prod => {
+                    // Product of the other bottoms, without dividing by this one (stable).
+                    e.axpby(1.0, &dy, 0.0, &mut dx);
+                    for (j, o) in bottom.iter().enumerate() {
+                        if j != i {
+                            e.mul(None, &o.data(), &mut dx);
+                        }
+                    }
+                }
+                EltwiseOp::Max => {
+                    if let Some(arg) = &self.arg {
+                        e.max_route_backward(&arg.data(), i, &dy, &mut dx);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,212 @@
+//! Layers: one file per layer family; the registry maps a prototxt `type` to a constructor.
+//!
+//! A layer computes only through [`Engine`] operations, so it runs on every engine unchanged.
+
+use crate::blob::BlobRef;
+use crate::engine::{Buffer, Engine};
+use crate::{bail, Result};
+use crema_proto::caffe::LayerParameter;
+use std::rc::Rc;
+
+mod accuracy;
+mod conv;
+mod eltwise;
+mod input;
+mod inner_product;
+mod loss;
+mod lrn;
+mod neuron;
+mod pooling;
+mod shape;
+mod softmax;
+
+/// Training or testing, as in Caffe's `Phase`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Train,
+    Test,
+}
+
+impl Phase {
+    /// Caffe's name for the phase.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Train => "TRAIN",
+            Phase::Test => "TEST",
+        }
+    }
+}
+
+/// What a layer sees of its surroundings while it runs.
+pub struct Ctx<'a> {
+    pub engine: &'a dyn Engine,
+    pub phase: Phase,
+}
+
+/// One computation step of a net.
+pub trait Layer {
+    /// One-time setup with the bottoms' first shapes: checks parameters, creates learnable blobs.
+    fn setup(&mut self, _cx: &Ctx, _bottom: &[BlobRef], _top: &[BlobRef]) -> Result<()> {
+        Ok(())
+    }
+    /// Sets the tops' shapes from the bottoms' shapes.
+    fn reshape(&mut self, cx: &Ctx, bottom: &[BlobRef], top: &[BlobRef]) -> Result<()>;
+    /// Computes the tops from the bottoms.
+    fn forward(&mut self, cx: &Ctx, bottom: &[BlobRef], top: &[BlobRef]) -> Result<()>;
+    /// Computes bottom diffs (where `propagate_down`) and accumulates parameter diffs.
+    fn backward(
+        &mut self,
+        cx: &Ctx,
+        top: &[BlobRef],
+        propagate_down: &[bool],
+        bottom: &[BlobRef],
+    ) -> Result<()>;
+    /// The learnable blobs (weights, biases); the net may replace entries to share them.
+    fn blobs(&mut self) -> &mut [BlobRef] {
+        &mut []
+    }
+    /// Loss layers give their first top a default loss_weight of 1.
+    fn is_loss(&self) -> bool {
+        false
+    }
+    /// Whether force_backward may request a gradient for this bottom (not for labels).
+    fn allow_force_backward(&self, _bottom: usize) -> bool {
+        true
+    }
+    /// Data layers skip `n` batches of their input (used when resuming); others ignore it.
+    fn skip_batches(&mut self, _n: usize) -> Result<()> {
+        Ok(())
+    }
+    /// Allowed (min, max) numbers of bottoms and tops, checked by the net.
+    fn arity(&self) -> ((usize, usize), (usize, usize)) {
+        ((0, usize::MAX), (0, usize::MAX))
+    }
+}
+
+type Constructor = fn(&LayerParameter) -> Result<Box<dyn Layer>>;
+
+/// Every layer type crema knows, by the `type` string Caffe uses.
+fn registry() -> &'static [(&'static str, Constructor)] {
+    &[
+        ("Accuracy", accuracy::Accuracy::create),
+        ("AbsVal", neuron::Neuron::create),
+        ("BNLL", neuron::Neuron::create),
+        ("Clip", neuron::Neuron::create),
+        ("Concat", shape::Concat::create),
+        ("Convolution", conv::Convolution::create),
+        ("Data", crate::data::DataLayer::create),
+        ("Dropout", neuron::Dropout::create),
+        ("DummyData", input::DummyData::create),
+        ("ELU", neuron::Neuron::create),
+        ("Eltwise", eltwise::Eltwise::create),
+        ("EuclideanLoss", loss::EuclideanLoss::create),
+        ("Exp", neuron::Neuron::create),
+        ("Flatten", shape::Flatten::create),
+        ("InnerProduct", inner_product::InnerProduct::create),
+        ("Input", input::Input::create),
+        ("LRN", lrn::Lrn::create),
+        ("Log", neuron::Neuron::create),
+        ("Pooling", pooling::Pooling::create),
+        ("Power", neuron::Neuron::create),
+        ("ReLU", neuron::Neuron::create),
+        ("Reshape", shape::Reshape::create),
+        ("Sigmoid", neuron::Neuron::create),
+        ("Silence", shape::Silence::create),
+        ("Slice", shape::Slice::create),
+        ("Softmax", softmax::Softmax::create),
+        ("SoftmaxWithLoss", softmax::SoftmaxWithLoss::create),
+        ("Split", shape::Split::create),
+        ("Swish", neuron::Neuron::create),
+        ("TanH", neuron::Neuron::create),
+        ("Threshold", neuron::Neuron::create),
+    ]
+}
+
+/// Names of every registered layer type.
+pub fn layer_types() -> Vec<&'static str> {
+    registry().iter().map(|(n, _)| *n).collect()
+}
+
+/// Builds the layer for a LayerParameter, or explains which types exist.
+pub fn create_layer(lp: &LayerParameter) -> Result<Box<dyn Layer>> {
+    let ty = lp.r#type();
+    if let Some((_, ctor)) = registry().iter().find(|(n, _)| *n == ty) {
+        return ctor(lp);
+    }
+    let names = layer_types();
+    let closest = names
+        .iter()
+        .map(|n| (levenshtein(&n.to_lowercase(), &ty.to_lowercase()), *n))
+        .min();
+    let hint = match closest {
+        Some((d, n)) if d <= 3 => format!("did you mean `{n}`? "),
+        _ => String::new(),
+    };
+    bail!(
+        "unknown layer type `{ty}`; {hint}known types: {}",
+        names.join(", ")
+    )
+}
+
+/// Edit distance, for "did you mean" suggestions.
+pub fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// True when a layer runs in place (its top is its bottom).
+pub fn in_place(bottom: &BlobRef, top: &BlobRef) -> bool {
+    Rc::ptr_eq(bottom, top)
+}
+
+/// Calls `f(x, y)` with the bottom's data as `x` (None when in place) and the top's data as `y`.
+pub fn with_in_out<R>(
+    bottom: &BlobRef,
+    top: &BlobRef,
+    f: impl FnOnce(Option<&Buffer>, &mut Buffer) -> R,
+) -> R {
+    if in_place(bottom, top) {
+        f(None, &mut top.data_mut())
+    } else {
+        f(Some(&bottom.data()), &mut top.data_mut())
+    }
+}
+
+/// Calls `f(dy, dx)` with the top's diff as `dy` (None when in place) and the bottom's diff as `dx`.
+pub fn with_diff_in_out<R>(
+    top: &BlobRef,
+    bottom: &BlobRef,
+    f: impl FnOnce(Option<&Buffer>, &mut Buffer) -> R,
+) -> R {
+    if in_place(bottom, top) {
+        f(None, &mut bottom.diff_mut())
+    } else {
+        f(Some(&top.diff()), &mut bottom.diff_mut())
+    }
+}
+
+/// Resolves a possibly negative axis index against `num_axes` (Caffe's CanonicalAxisIndex).
+pub fn canonical_axis(axis: i32, num_axes: usize, what: &str) -> Result<usize> {
+    let n = num_axes as i32;
+    if axis < -n || axis >= n.max(1) {
+        bail!("{what} axis {axis} is out of range for a blob with {num_axes} axes");
+    }
+    Ok(if axis < 0 { (axis + n) as usize } else { axis as usize })
+}
+
+/// Product of shape[start..end].
+pub fn count(shape: &[usize], start: usize, end: usize) -> usize {
+    shape[start.min(shape.len())..end.min(shape.len())]
+        .iter()
+        .product()
+}

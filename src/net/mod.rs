@@ -1,0 +1,448 @@
+//! Net: a layer graph built from a NetParameter with Caffe's semantics, run forward and backward.
+
+mod filter;
+mod split;
+pub mod weights;
+
+pub use filter::{filter_net, layer_included, meets_rule, State};
+pub use split::insert_splits;
+
+use crate::blob::{Blob, BlobRef};
+use crate::engine::Engine;
+use crate::layers::{create_layer, Ctx, Layer, Phase};
+use crate::{bail, Error, Result};
+use crema_proto::caffe::param_spec::DimCheckMode;
+use crema_proto::caffe::{LayerParameter, NetParameter};
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use tracing::info;
+
+/// One layer in the net with its wiring.
+pub struct LayerSlot {
+    pub name: String,
+    pub kind: String,
+    pub param: LayerParameter,
+    pub layer: Box<dyn Layer>,
+    pub bottoms: Vec<usize>,
+    pub tops: Vec<usize>,
+    /// Loss weight per top (0 for non-loss tops).
+    pub loss_weights: Vec<f32>,
+    pub need_backward: bool,
+    pub bottom_need_backward: Vec<bool>,
+    /// The layer's learnable blobs after sharing (the same handles the layer holds).
+    pub blobs: Vec<BlobRef>,
+}
+
+/// A learnable parameter blob with its multipliers.
+pub struct Param {
+    pub blob: BlobRef,
+    pub lr_mult: f32,
+    pub decay_mult: f32,
+    /// "layer.index" for logs.
+    pub label: String,
+}
+
+/// A built network.
+pub struct Net {
+    pub name: String,
+    pub phase: Phase,
+    engine: Rc<dyn Engine>,
+    layers: Vec<LayerSlot>,
+    blobs: Vec<BlobRef>,
+    blob_names: Vec<String>,
+    outputs: Vec<usize>,
+    params: Vec<Param>,
+}
+
+impl Net {
+    /// Builds a net for a state from a parsed NetParameter (filtering, splits, setup).
+    pub fn new(param: &NetParameter, state: &State, engine: Rc<dyn Engine>) -> Result<Net> {
+        let param = crate::upgrade::upgrade_net(param)?;
+        let state = state.merged_with(param.state.as_ref());
+        let filtered = filter_net(&param, &state)?;
+        let param = insert_splits(&filtered);
+        let name = param.name().to_string();
+        info!("Initializing net `{name}` for phase {}", state.phase.name());
+        let mut net = Net {
+            name,
+            phase: state.phase,
+            engine,
+            layers: vec![],
+            blobs: vec![],
+            blob_names: vec![],
+            outputs: vec![],
+            params: vec![],
+        };
+        net.build(&param, param.force_backward())?;
+        Ok(net)
+    }
+
+    fn ctx(&self) -> Ctx<'_> {
+        Ctx { engine: &*self.engine, phase: self.phase }
+    }
+
+    fn build(&mut self, param: &NetParameter, force_backward: bool) -> Result<()> {
+        let mut by_name: HashMap<String, usize> = HashMap::new();
+        let mut available: Vec<usize> = vec![];
+        let mut blob_need_backward: Vec<bool> = vec![];
+        let mut param_owner: HashMap<String, (usize, usize)> = HashMap::new();
+        let mut layer_names = HashSet::new();
+        let mut memory = 0usize;
+        for (li, lp) in param.layer.iter().enumerate() {
+            let lname = lp.name().to_string();
+            let kind = lp.r#type().to_string();
+            if !layer_names.insert(lname.clone()) && !lname.is_empty() {
+                bail!("two layers are named `{lname}`; layer names must be unique");
+            }
+            info!("Creating layer {lname}");
+            let wrap = |e: Error| e.in_layer(&lname, &kind);
+            let mut layer = create_layer(lp).map_err(wrap)?;
+            // Bottoms must exist already.
+            let mut bottoms = vec![];
+            for (j, b) in lp.bottom.iter().enumerate() {
+                let Some(&id) = by_name.get(b) else {
+                    let known: Vec<&str> = self.blob_names.iter().map(|s| s.as_str()).collect();
+                    bail!(
+                        "layer `{lname}` (type {kind}): bottom {j} `{b}` is not produced by any earlier layer; known blobs: {}",
+                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    );
+                };
+                info!("{lname} <- {b}");
+                bottoms.push(id);
+                available.retain(|x| *x != id);
+            }
+            // Tops: in-place when the name matches the bottom at the same position.
+            let mut tops = vec![];
+            for (j, t) in lp.top.iter().enumerate() {
+                let inplace = lp.bottom.get(j) == Some(t);
+                let id = if inplace {
+                    by_name[t]
+                } else {
+                    if by_name.contains_key(t) && !lp.bottom.contains(t) {
+                        bail!("layer `{lname}` (type {kind}): top `{t}` is produced by more than one layer; rename one of them");
+                    }
+                    let id = self.blobs.len();
+                    self.blobs.push(Blob::new_ref(&*self.engine, &[]));
+                    self.blob_names.push(t.clone());
+                    blob_need_backward.push(false);
+                    by_name.insert(t.clone(), id);
+                    id
+                };
+                info!("{lname} -> {t}");
+                tops.push(id);
+                available.push(id);
+            }
+            let ((bmin, bmax), (tmin, tmax)) = layer.arity();
+            if lp.bottom.len() < bmin || lp.bottom.len() > bmax {
+                bail!("layer `{lname}` (type {kind}): takes {} bottoms, got {}", arity_text(bmin, bmax), lp.bottom.len());
+            }
+            if lp.top.len() < tmin || lp.top.len() > tmax {
+                bail!("layer `{lname}` (type {kind}): produces {} tops, got {}", arity_text(tmin, tmax), lp.top.len());
+            }
+            let bb: Vec<BlobRef> = bottoms.iter().map(|i| self.blobs[*i].clone()).collect();
+            let tb: Vec<BlobRef> = tops.iter().map(|i| self.blobs[*i].clone()).collect();
+            info!("Setting up {lname}");
+            {
+                let cx = self.ctx();
+                layer.setup(&cx, &bb, &tb).map_err(wrap)?;
+                layer.reshape(&cx, &bb, &tb).map_err(wrap)?;
+            }
+            let mut loss_weights = vec![];
+            for (j, t) in tb.iter().enumerate() {
+                let w = match lp.loss_weight.get(j) {
+                    Some(w) => *w,
+                    None if layer.is_loss() && j == 0 => 1.0,
+                    None => 0.0,
+                };
+                info!("Top shape: {}", t.shape_string());
+                if w != 0.0 {
+                    info!("    with loss weight {w}");
+                }
+                memory += t.count();
+                loss_weights.push(w);
+            }
+            if lp.loss_weight.len() > lp.top.len() {
+                bail!("layer `{lname}` (type {kind}): {} loss_weight values for {} tops", lp.loss_weight.len(), lp.top.len());
+            }
+            // Parameters, sharing by name.
+            let nblobs = layer.blobs().len();
+            if lp.param.len() > nblobs {
+                bail!(
+                    "layer `{lname}` (type {kind}): {} param specs but the layer has {nblobs} learnable blobs",
+                    lp.param.len()
+                );
+            }
+            let mut need_backward = false;
+            for k in 0..nblobs {
+                let spec = lp.param.get(k).cloned().unwrap_or_default();
+                let pname = spec.name().to_string();
+                if spec.lr_mult() != 0.0 {
+                    need_backward = true;
+                }
+                if !pname.is_empty() {
+                    if let Some(&(owner_layer, owner_k)) = param_owner.get(&pname) {
+                        let owner_idx = self.param_index(owner_layer, owner_k);
+                        let owner = self.params[owner_idx].blob.clone();
+                        let mine = layer.blobs()[k].clone();
+                        let same = match spec.share_mode() {
+                            DimCheckMode::Strict => owner.shape() == mine.shape(),
+                            DimCheckMode::Permissive => owner.count() == mine.count(),
+                        };
+                        if !same {
+                            bail!(
+                                "layer `{lname}`: shared param `{pname}` has shape {:?} here but {:?} in its owner `{}`; make the layers match or use share_mode: PERMISSIVE",
+                                mine.shape(), owner.shape(), self.layers[owner_layer].name
+                            );
+                        }
+                        layer.blobs()[k] = owner;
+                        continue;
+                    }
+                    param_owner.insert(pname, (li, k));
+                }
+                self.params.push(Param {
+                    blob: layer.blobs()[k].clone(),
+                    lr_mult: spec.lr_mult(),
+                    decay_mult: spec.decay_mult(),
+                    label: format!("{lname}.{k}"),
+                });
+            }
+            let bottom_need_backward: Vec<bool> = bottoms
+                .iter()
+                .enumerate()
+                .map(|(j, b)| match lp.propagate_down.get(j) {
+                    Some(p) => *p,
+                    None => blob_need_backward[*b],
+                })
+                .collect();
+            if lp.propagate_down.len() > bottoms.len() {
+                bail!("layer `{lname}`: {} propagate_down values for {} bottoms", lp.propagate_down.len(), bottoms.len());
+            }
+            need_backward |= bottom_need_backward.iter().any(|b| *b);
+            for t in &tops {
+                blob_need_backward[*t] = need_backward;
+            }
+            let blobs = layer.blobs().to_vec();
+            self.layers.push(LayerSlot {
+                blobs,
+                name: lname,
+                kind,
+                param: lp.clone(),
+                layer,
+                bottoms,
+                tops,
+                loss_weights,
+                need_backward,
+                bottom_need_backward,
+            });
+        }
+        self.prune_backward(force_backward);
+        for l in &self.layers {
+            if l.need_backward {
+                info!("{} needs backward computation.", l.name);
+            } else {
+                info!("{} does not need backward computation.", l.name);
+            }
+        }
+        self.outputs = available;
+        for o in &self.outputs {
+            info!("This network produces output {}", self.blob_names[*o]);
+        }
+        info!("Memory required for data: {}", memory * 4);
+        info!("Network initialization done.");
+        Ok(())
+    }
+
+    /// Index into `params` of layer `li`'s k-th owned blob.
+    fn param_index(&self, li: usize, k: usize) -> usize {
+        let label = format!("{}.{k}", self.layers[li].name);
+        self.params.iter().position(|p| p.label == label).unwrap_or(0)
+    }
+
+    /// Caffe's backward pruning: layers whose tops never reach a loss skip backward.
+    fn prune_backward(&mut self, force: bool) {
+        let mut under_loss: HashSet<usize> = HashSet::new();
+        for l in self.layers.iter_mut().rev() {
+            let contributes = l.loss_weights.iter().any(|w| *w != 0.0)
+                || l.tops.iter().any(|t| under_loss.contains(t));
+            if !contributes {
+                l.need_backward = false;
+                l.bottom_need_backward.iter_mut().for_each(|b| *b = false);
+            } else {
+                under_loss.extend(l.bottoms.iter().copied());
+            }
+            if force {
+                l.need_backward = true;
+                for (j, b) in l.bottom_need_backward.iter_mut().enumerate() {
+                    *b = *b || l.layer.allow_force_backward(j);
+                }
+            }
+        }
+    }
+
+    /// Runs every layer forward; returns the weighted loss.
+    pub fn forward(&mut self) -> Result<f32> {
+        self.forward_range(0, self.layers.len())
+    }
+
+    /// Runs layers [start, end) forward; returns their weighted loss.
+    pub fn forward_range(&mut self, start: usize, end: usize) -> Result<f32> {
+        let mut loss = 0.0;
+        let engine = self.engine.clone();
+        let cx = Ctx { engine: &*engine, phase: self.phase };
+        for l in &mut self.layers[start..end] {
+            let bb: Vec<BlobRef> = l.bottoms.iter().map(|i| self.blobs[*i].clone()).collect();
+            let tb: Vec<BlobRef> = l.tops.iter().map(|i| self.blobs[*i].clone()).collect();
+            let wrap = |e: Error| e.in_layer(&l.name, &l.kind);
+            l.layer.reshape(&cx, &bb, &tb).map_err(wrap)?;
+            l.layer.forward(&cx, &bb, &tb).map_err(wrap)?;
+            for (t, w) in tb.iter().zip(&l.loss_weights) {
+                if *w != 0.0 {
+                    let v: f32 = t.data_to_vec(&*engine).iter().sum();
+                    loss += w * v;
+                }
+            }
+        }
+        Ok(loss)
+    }
+
+    /// Runs the backward pass of every layer that needs one.
+    pub fn backward(&mut self) -> Result<()> {
+        for i in (0..self.layers.len()).rev() {
+            self.backward_layer(i)?;
+        }
+        Ok(())
+    }
+
+    /// Runs one layer's backward pass (if it needs one), seeding loss tops with their weights.
+    pub fn backward_layer(&mut self, i: usize) -> Result<()> {
+        let engine = self.engine.clone();
+        let cx = Ctx { engine: &*engine, phase: self.phase };
+        let l = &mut self.layers[i];
+        if !l.need_backward {
+            return Ok(());
+        }
+        let bb: Vec<BlobRef> = l.bottoms.iter().map(|i| self.blobs[*i].clone()).collect();
+        let tb: Vec<BlobRef> = l.tops.iter().map(|i| self.blobs[*i].clone()).collect();
+        for (t, w) in tb.iter().zip(&l.loss_weights) {
+            if *w != 0.0 {
+                engine.fill(*w, &mut t.diff_mut());
+            }
+        }
+        let wrap = |e: Error| e.in_layer(&l.name, &l.kind);
+        l.layer.backward(&cx, &tb, &l.bottom_need_backward, &bb).map_err(wrap)
+    }
+
+    /// Zeroes every learnable parameter's gradient.
+    pub fn clear_param_diffs(&self) {
+        for p in &self.params {
+            self.engine.fill(0.0, &mut p.blob.diff_mut());
+        }
+    }
+
+    pub fn engine(&self) -> &Rc<dyn Engine> {
+        &self.engine
+    }
+    pub fn layers(&self) -> &[LayerSlot] {
+        &self.layers
+    }
+    pub fn layers_mut(&mut self) -> &mut [LayerSlot] {
+        &mut self.layers
+    }
+    /// Learnable parameters (shared blobs appear once, under their owner).
+    pub fn params(&self) -> &[Param] {
+        &self.params
+    }
+    /// Blobs no layer consumes: the net's outputs, in creation order.
+    pub fn output_names(&self) -> Vec<String> {
+        self.outputs.iter().map(|i| self.blob_names[*i].clone()).collect()
+    }
+    pub fn blob_names(&self) -> &[String] {
+        &self.blob_names
+    }
+    /// A blob by name.
+    pub fn blob(&self, name: &str) -> Option<BlobRef> {
+        self.blob_names.iter().position(|n| n == name).map(|i| self.blobs[i].clone())
+    }
+    /// The blob at an index of `blob_names`.
+    pub fn blob_at(&self, i: usize) -> BlobRef {
+        self.blobs[i].clone()
+    }
+    /// Loss weights of the output blobs (0 for non-loss outputs), in `output_names` order.
+    pub fn output_loss_weights(&self) -> Vec<f32> {
+        self.outputs
+            .iter()
+            .map(|o| {
+                self.layers
+                    .iter()
+                    .flat_map(|l| l.tops.iter().zip(&l.loss_weights))
+                    .filter(|(t, _)| *t == o)
+                    .map(|(_, w)| *w)
+                    .last()
+                    .unwrap_or(0.0)
+            })
+            .collect()
+    }
+    /// Parameters of a layer by name (shared blobs included).
+    pub fn layer_blobs(&self, name: &str) -> Option<Vec<BlobRef>> {
+        self.layers.iter().find(|l| l.name == name).map(|l| l.blobs.clone())
+    }
+}
+
+impl Net {
+    /// Makes this net's layers use the weights of `other`'s layers of the same name (no copy):
+    /// how a test net follows the training net.
+    pub fn share_trained_layers_with(&mut self, other: &Net) -> Result<()> {
+        for l in self.layers.iter_mut() {
+            if l.blobs.is_empty() {
+                continue;
+            }
+            let Some(src) = other.layer_blobs(&l.name) else {
+                continue;
+            };
+            if src.len() != l.blobs.len() {
+                bail!(
+                    "layer `{}` has {} weight blobs in the test net but {} in the training net",
+                    l.name,
+                    l.blobs.len(),
+                    src.len()
+                );
+            }
+            for (k, s) in src.iter().enumerate() {
+                if s.shape() != l.blobs[k].shape() {
+                    bail!(
+                        "layer `{}` param {k} has shape {:?} in the test net but {:?} in the training net",
+                        l.name,
+                        l.blobs[k].shape(),
+                        s.shape()
+                    );
+                }
+                l.layer.blobs()[k] = s.clone();
+                l.blobs[k] = s.clone();
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells data layers to skip `n` batches (resuming continues the same data stream).
+    pub fn skip_data_batches(&mut self, n: usize) -> Result<()> {
+        for l in self.layers.iter_mut() {
+            let wrap = |e: Error| e.in_layer(&l.name, &l.kind);
+            l.layer.skip_batches(n).map_err(wrap)?;
+        }
+        Ok(())
+    }
+}
+
+fn arity_text(min: usize, max: usize) -> String {
+    match (min, max) {
+        (a, b) if a == b => format!("exactly {a}"),
+        (a, usize::MAX) => format!("at least {a}"),
+        (a, b) => format!("{a} to {b}"),
+    }
+}
+
+/// Reads a prototxt net and builds it.
+pub fn net_from_file(path: &std::path::Path, state: &State, engine: Rc<dyn Engine>) -> Result<Net> {
+    let param = crema_proto::read_net_text(path)?;
+    Net::new(&param, state, engine)
+}

@@ -1,0 +1,571 @@
+//! The solver: Caffe's training loop (test, forward/backward, update, display, snapshot).
+
+pub mod lr;
+
+use crate::blob::BlobRef;
+use crate::engine::{Buffer, Engine};
+use crate::layers::Phase;
+use crate::net::{Net, State};
+use crate::{bail, Error, Result};
+use crema_proto::caffe::{NetParameter, SolverParameter, SolverState};
+use lr::{fmt_g, LrPolicy};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::info;
+
+/// What a signal asks the solver to do (Caffe's `-sigint_effect` / `-sighup_effect`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalEffect {
+    Stop,
+    Snapshot,
+    None,
+}
+
+impl std::str::FromStr for SignalEffect {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "stop" => Ok(SignalEffect::Stop),
+            "snapshot" => Ok(SignalEffect::Snapshot),
+            "none" => Ok(SignalEffect::None),
+            _ => Err(format!("`{s}` is not a signal effect; use stop, snapshot or none")),
+        }
+    }
+}
+
+/// Flags raised by signal handlers, polled once per iteration.
+#[derive(Default)]
+pub struct Signals {
+    pub sigint: Arc<AtomicBool>,
+    pub sighup: Arc<AtomicBool>,
+    pub sigint_effect: Option<SignalEffect>,
+    pub sighup_effect: Option<SignalEffect>,
+}
+
+/// Extra choices the command line makes about the nets.
+#[derive(Debug, Clone, Default)]
+pub struct NetChoices {
+    pub stages: Vec<String>,
+    pub level: i32,
+}
+
+/// The update rule of a solver `type`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rule {
+    Sgd,
+}
+
+/// Caffe's solver: owns the train net and the test nets that share its weights.
+pub struct Solver {
+    pub param: SolverParameter,
+    engine: Rc<dyn Engine>,
+    pub net: Net,
+    test_nets: Vec<Net>,
+    iter: i32,
+    current_step: i32,
+    history: Vec<Buffer>,
+    losses: VecDeque<f32>,
+    smoothed_loss: f32,
+    policy: LrPolicy,
+    rule: Rule,
+    snapshot_prefix: String,
+    signals: Option<Signals>,
+    /// Last test scores, by test net: (output name, mean value).
+    pub last_test: Vec<Vec<(String, f32)>>,
+}
+
+/// Finds a file named in a solver: as given (relative to the working directory, like Caffe),
+/// else relative to the solver file's directory.
+fn resolve(path: &str, solver_dir: Option<&Path>, field: &str) -> Result<PathBuf> {
+    let p = PathBuf::from(path);
+    if p.exists() {
+        return Ok(p);
+    }
+    if let Some(d) = solver_dir {
+        let alt = d.join(&p);
+        if p.is_relative() && alt.exists() {
+            return Ok(alt);
+        }
+        bail!(
+            "solver field `{field}`: `{path}` not found (looked in the working directory and in `{}`)",
+            d.display()
+        );
+    }
+    bail!("solver field `{field}`: `{path}` not found")
+}
+
+impl Solver {
+    /// Reads a solver prototxt and builds its nets.
+    pub fn from_file(path: &Path, engine: Rc<dyn Engine>, choices: &NetChoices) -> Result<Solver> {
+        let param = crema_proto::read_solver_text(path)?;
+        Solver::new(param, Some(path), engine, choices)
+    }
+
+    /// Builds the train and test nets of a SolverParameter.
+    pub fn new(
+        param: SolverParameter,
+        solver_path: Option<&Path>,
+        engine: Rc<dyn Engine>,
+        choices: &NetChoices,
+    ) -> Result<Solver> {
+        let rule = match (param.r#type(), param.solver_type) {
+            ("SGD", None) | ("SGD", Some(0)) => Rule::Sgd,
+            (t, st) => bail!(
+                "solver type `{t}`{} is not supported yet; crema currently trains with SGD",
+                st.map(|v| format!(" (solver_type {v})")).unwrap_or_default()
+            ),
+        };
+        let policy = LrPolicy::from_solver(&param)?;
+        if param.random_seed() >= 0 {
+            crate::rng::seed(param.random_seed() as u64);
+            engine.seed(param.random_seed() as u64);
+        }
+        let dir = solver_path.and_then(|p| p.parent()).map(|d| {
+            if d.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                d.to_path_buf()
+            }
+        });
+        let load = |path: &str, field: &str| -> Result<NetParameter> {
+            let p = resolve(path, dir.as_deref(), field)?;
+            Ok(crema_proto::read_net_text(&p)?)
+        };
+        // The training net: exactly one of net, net_param, train_net, train_net_param.
+        let sources = [param.net.is_some(), param.net_param.is_some(), param.train_net.is_some(), param.train_net_param.is_some()];
+        let generic: Option<NetParameter> = if let Some(n) = &param.net_param {
+            Some(n.clone())
+        } else if let Some(n) = &param.net {
+            Some(load(n, "net")?)
+        } else {
+            None
+        };
+        let train_param = match (&param.train_net_param, &param.train_net, &generic) {
+            _ if sources.iter().filter(|s| **s).count() > 1 => {
+                bail!("the solver names more than one training net (net, net_param, train_net, train_net_param); keep one")
+            }
+            (Some(n), _, _) => n.clone(),
+            (None, Some(f), _) => load(f, "train_net")?,
+            (None, None, Some(g)) => g.clone(),
+            _ => bail!("the solver names no net; add `net: \"path/to/train_val.prototxt\"`"),
+        };
+        let mut train_state = State::phase(Phase::Train);
+        if let Some(ts) = &param.train_state {
+            train_state = State { phase: Phase::Train, level: ts.level(), stages: ts.stage.clone() };
+        }
+        train_state.level += choices.level;
+        train_state.stages.extend(choices.stages.iter().cloned());
+        info!("Creating training net");
+        let net = Net::new(&train_param, &train_state, engine.clone())?;
+        // Test nets: explicit ones first, then instances of the generic net for the remaining test_iter entries.
+        let mut test_params: Vec<NetParameter> = param.test_net_param.clone();
+        for f in &param.test_net {
+            test_params.push(load(f, "test_net")?);
+        }
+        if let Some(g) = &generic {
+            while test_params.len() < param.test_iter.len() {
+                test_params.push(g.clone());
+            }
+        }
+        if test_params.len() != param.test_iter.len() {
+            bail!(
+                "the solver has {} test nets but {} test_iter values; give one test_iter per test net",
+                test_params.len(),
+                param.test_iter.len()
+            );
+        }
+        if !test_params.is_empty() && param.test_interval() <= 0 {
+            // Caffe tolerates this; the test nets are then simply never run.
+            info!("test_interval is 0: test nets will not be run during training");
+        }
+        let mut test_nets = vec![];
+        for (i, tp) in test_params.iter().enumerate() {
+            let mut st = State::phase(Phase::Test);
+            if let Some(ts) = param.test_state.get(i) {
+                st = State { phase: Phase::Test, level: ts.level(), stages: ts.stage.clone() };
+            }
+            st.level += choices.level;
+            st.stages.extend(choices.stages.iter().cloned());
+            info!("Creating test net (#{i}) specified by the solver");
+            let mut tn = Net::new(tp, &st, engine.clone())?;
+            tn.share_trained_layers_with(&net)?;
+            test_nets.push(tn);
+        }
+        let history = net.params().iter().map(|p| engine.alloc(p.blob.count())).collect();
+        let snapshot_prefix = match &param.snapshot_prefix {
+            Some(p) if !p.is_empty() => p.clone(),
+            _ => solver_path
+                .map(|p| p.with_extension("").display().to_string())
+                .unwrap_or_else(|| "crema".to_string()),
+        };
+        if param.snapshot() > 0 || param.snapshot_after_train() {
+            let parent = Path::new(&snapshot_prefix).parent().filter(|d| !d.as_os_str().is_empty());
+            if let Some(d) = parent {
+                if !d.is_dir() {
+                    bail!(
+                        "snapshot_prefix `{snapshot_prefix}`: directory `{}` does not exist; create it or change snapshot_prefix",
+                        d.display()
+                    );
+                }
+            }
+        }
+        Ok(Solver {
+            param,
+            engine,
+            net,
+            test_nets,
+            iter: 0,
+            current_step: 0,
+            history,
+            losses: VecDeque::new(),
+            smoothed_loss: 0.0,
+            policy,
+            rule,
+            snapshot_prefix,
+            signals: None,
+            last_test: vec![],
+        })
+    }
+
+    /// Installs signal flags to poll during training.
+    pub fn set_signals(&mut self, s: Signals) {
+        self.signals = Some(s);
+    }
+
+    /// The current iteration.
+    pub fn iter(&self) -> i32 {
+        self.iter
+    }
+
+    /// The smoothed training loss of the last iteration.
+    pub fn smoothed_loss(&self) -> f32 {
+        self.smoothed_loss
+    }
+
+    /// The test nets.
+    pub fn test_nets(&mut self) -> &mut [Net] {
+        &mut self.test_nets
+    }
+
+    /// Trains to max_iter (from a solverstate if given), testing and snapshotting as configured.
+    pub fn solve(&mut self, resume: Option<&Path>) -> Result<()> {
+        info!("Solving {}", self.net.name);
+        info!("Learning Rate Policy: {}", self.param.lr_policy());
+        if let Some(r) = resume {
+            info!("Restoring previous solver status from {}", r.display());
+            self.restore(r)?;
+        }
+        let remaining = self.param.max_iter() - self.iter;
+        let stopped = self.step(remaining)?;
+        let snap = self.param.snapshot();
+        if self.param.snapshot_after_train() && (snap == 0 || self.iter % snap != 0) {
+            self.snapshot()?;
+        }
+        if stopped {
+            info!("Optimization stopped early.");
+            return Ok(());
+        }
+        let display = self.param.display();
+        if display > 0 && self.iter % display == 0 {
+            let loss = self.net.forward()?;
+            info!("Iteration {}, loss = {}", self.iter, fmt_g(loss));
+        }
+        let ti = self.param.test_interval();
+        if ti > 0 && self.iter % ti == 0 {
+            self.test_all()?;
+        }
+        info!("Optimization Done.");
+        Ok(())
+    }
+
+    /// Runs `iters` iterations; returns true when a signal asked to stop.
+    pub fn step(&mut self, iters: i32) -> Result<bool> {
+        let start_iter = self.iter;
+        let stop_iter = self.iter + iters;
+        let average = self.param.average_loss().max(1) as usize;
+        self.losses.clear();
+        self.smoothed_loss = 0.0;
+        let mut last_event = (Instant::now(), self.iter);
+        while self.iter < stop_iter {
+            self.net.clear_param_diffs();
+            let ti = self.param.test_interval();
+            if ti > 0 && self.iter % ti == 0 && (self.iter > 0 || self.param.test_initialization()) {
+                self.test_all()?;
+            }
+            let display = self.param.display() > 0 && self.iter % self.param.display() == 0;
+            let iter_size = self.param.iter_size().max(1);
+            let mut loss = 0.0;
+            for _ in 0..iter_size {
+                loss += self.net.forward()?;
+                self.net.backward()?;
+            }
+            loss /= iter_size as f32;
+            if !loss.is_finite() {
+                bail!(
+                    "training diverged: the loss is {} at iteration {}; lower base_lr (now {}) or check the input data and its scale",
+                    fmt_g(loss),
+                    self.iter,
+                    fmt_g(self.param.base_lr())
+                );
+            }
+            self.update_smoothed_loss(loss, start_iter, average);
+            if display {
+                let lapse = last_event.0.elapsed().as_secs_f32();
+                let per_s = (self.iter - last_event.1) as f32 / lapse.max(1e-9);
+                info!(
+                    "Iteration {} ({} iter/s, {}s/{} iters), loss = {}",
+                    self.iter,
+                    fmt_g(per_s),
+                    fmt_g(lapse),
+                    self.param.display(),
+                    fmt_g(self.smoothed_loss)
+                );
+                last_event = (Instant::now(), self.iter);
+                self.log_outputs("Train", &self.net_outputs(), None);
+            }
+            self.apply_update(display)?;
+            self.iter += 1;
+            let snap = self.param.snapshot();
+            if snap > 0 && self.iter % snap == 0 {
+                self.snapshot()?;
+            }
+            if let Some(s) = &self.signals {
+                let effect = if s.sigint.swap(false, Ordering::SeqCst) {
+                    s.sigint_effect
+                } else if s.sighup.swap(false, Ordering::SeqCst) {
+                    s.sighup_effect
+                } else {
+                    None
+                };
+                match effect {
+                    Some(SignalEffect::Stop) => return Ok(true),
+                    Some(SignalEffect::Snapshot) => self.snapshot()?,
+                    _ => {}
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    fn update_smoothed_loss(&mut self, loss: f32, start_iter: i32, average: usize) {
+        if self.losses.len() < average {
+            self.losses.push_back(loss);
+            let n = (self.iter - start_iter + 1) as f32;
+            self.smoothed_loss = (self.smoothed_loss * (n - 1.0) + loss) / n;
+        } else {
+            let idx = ((self.iter - start_iter) as usize) % average;
+            let old = self.losses[idx];
+            self.smoothed_loss += (loss - old) / average as f32;
+            self.losses[idx] = loss;
+        }
+    }
+
+    /// Output blob values of the training net (for display).
+    fn net_outputs(&self) -> Vec<(String, Vec<f32>, f32)> {
+        let names = self.net.output_names();
+        let weights = self.net.output_loss_weights();
+        names
+            .into_iter()
+            .zip(weights)
+            .filter_map(|(n, w)| self.net.blob(&n).map(|b| (n, b.data_to_vec(&*self.engine), w)))
+            .collect()
+    }
+
+    fn log_outputs(&self, which: &str, outputs: &[(String, Vec<f32>, f32)], _net: Option<usize>) {
+        let mut idx = 0;
+        for (name, values, w) in outputs {
+            for v in values {
+                let loss_msg = if *w != 0.0 {
+                    format!(" (* {} = {} loss)", fmt_g(*w), fmt_g(w * v))
+                } else {
+                    String::new()
+                };
+                info!("    {which} net output #{idx}: {name} = {}{loss_msg}", fmt_g(*v));
+                idx += 1;
+            }
+        }
+    }
+
+    fn apply_update(&mut self, display: bool) -> Result<()> {
+        let rate = self.policy.rate(self.param.base_lr(), self.iter, &mut self.current_step);
+        if display {
+            info!("Iteration {}, lr = {}", self.iter, fmt_g(rate));
+        }
+        let e = self.engine.clone();
+        let params: Vec<(BlobRef, f32, f32)> = self
+            .net
+            .params()
+            .iter()
+            .map(|p| (p.blob.clone(), p.lr_mult, p.decay_mult))
+            .collect();
+        // Clip gradients by their global L2 norm.
+        let clip = self.param.clip_gradients();
+        if clip >= 0.0 {
+            let sumsq: f32 = params.iter().map(|(b, _, _)| e.sumsq(&b.diff())).sum();
+            let norm = sumsq.sqrt();
+            if norm > clip {
+                let s = clip / norm;
+                info!("Gradient clipping: scaling down gradients (L2 norm {} > {}) by scale factor {}", fmt_g(norm), fmt_g(clip), fmt_g(s));
+                for (b, _, _) in &params {
+                    e.scale(s, &mut b.diff_mut());
+                }
+            }
+        }
+        let iter_size = self.param.iter_size().max(1);
+        let wd = self.param.weight_decay();
+        let reg = self.param.regularization_type().to_string();
+        for (i, (b, lr_mult, decay_mult)) in params.iter().enumerate() {
+            let mut diff = b.diff_mut();
+            if iter_size > 1 {
+                e.scale(1.0 / iter_size as f32, &mut diff);
+            }
+            let local_decay = wd * decay_mult;
+            if local_decay != 0.0 {
+                match reg.as_str() {
+                    "L2" => e.axpby(local_decay, &b.data(), 1.0, &mut diff),
+                    "L1" => e.add_sign(local_decay, &b.data(), &mut diff),
+                    other => bail!("unknown regularization_type `{other}`; use L1 or L2"),
+                }
+            }
+            let local_rate = rate * lr_mult;
+            match self.rule {
+                Rule::Sgd => e.sgd_update(local_rate, self.param.momentum(), &diff, &mut self.history[i], &mut b.data_mut()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs every test net for its test_iter batches and logs Caffe's lines.
+    pub fn test_all(&mut self) -> Result<()> {
+        self.last_test.clear();
+        for i in 0..self.test_nets.len() {
+            let r = self.test(i)?;
+            self.last_test.push(r);
+        }
+        Ok(())
+    }
+
+    fn test(&mut self, i: usize) -> Result<Vec<(String, f32)>> {
+        info!("Iteration {}, Testing net (#{i})", self.iter);
+        let iters = self.param.test_iter[i].max(0);
+        let net = &mut self.test_nets[i];
+        let names = net.output_names();
+        let weights = net.output_loss_weights();
+        let mut scores: Vec<Vec<f64>> = vec![];
+        let mut loss = 0.0f64;
+        for _ in 0..iters {
+            let l = net.forward()?;
+            loss += l as f64;
+            for (k, n) in names.iter().enumerate() {
+                let v = net.blob(n).map(|b| b.data_to_vec(&*self.engine)).unwrap_or_default();
+                if scores.len() <= k {
+                    scores.push(vec![0.0; v.len()]);
+                }
+                for (s, x) in scores[k].iter_mut().zip(&v) {
+                    *s += *x as f64;
+                }
+            }
+        }
+        if self.param.test_compute_loss() {
+            info!("Test loss: {}", fmt_g((loss / iters.max(1) as f64) as f32));
+        }
+        let mut out = vec![];
+        let mut idx = 0;
+        for (k, n) in names.iter().enumerate() {
+            for s in scores.get(k).map(|v| v.as_slice()).unwrap_or(&[]) {
+                let mean = (*s / iters.max(1) as f64) as f32;
+                let w = weights[k];
+                let loss_msg = if w != 0.0 {
+                    format!(" (* {} = {} loss)", fmt_g(w), fmt_g(w * mean))
+                } else {
+                    String::new()
+                };
+                info!("    Test net output #{idx}: {n} = {}{loss_msg}", fmt_g(mean));
+                out.push((n.clone(), mean));
+                idx += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes PREFIX_iter_N.caffemodel and PREFIX_iter_N.solverstate.
+    pub fn snapshot(&mut self) -> Result<()> {
+        let model = format!("{}_iter_{}.caffemodel", self.snapshot_prefix, self.iter);
+        info!("Snapshotting to binary proto file {model}");
+        self.net.save_caffemodel(Path::new(&model))?;
+        let state_file = format!("{}_iter_{}.solverstate", self.snapshot_prefix, self.iter);
+        info!("Snapshotting solver state to binary proto file {state_file}");
+        let history = self
+            .history
+            .iter()
+            .zip(self.net.params())
+            .map(|(h, p)| crema_proto::caffe::BlobProto {
+                shape: Some(crema_proto::caffe::BlobShape {
+                    dim: p.blob.shape().iter().map(|d| *d as i64).collect(),
+                }),
+                data: self.engine.download(h),
+                ..Default::default()
+            })
+            .collect();
+        let state = SolverState {
+            iter: Some(self.iter),
+            learned_net: Some(model),
+            history,
+            current_step: Some(self.current_step),
+        };
+        crema_proto::write_binary_atomic(Path::new(&state_file), &state)?;
+        Ok(())
+    }
+
+    /// Restores iteration, learning-rate step, momentum history and weights from a .solverstate.
+    pub fn restore(&mut self, path: &Path) -> Result<()> {
+        let state: SolverState = crema_proto::read_binary(path, "caffe.SolverState")?;
+        if let Some(learned) = &state.learned_net {
+            let mut p = PathBuf::from(learned);
+            if !p.exists() {
+                // Caffe stores the path as written at snapshot time; also look beside the state file.
+                if let (Some(dir), Some(name)) = (path.parent(), p.file_name()) {
+                    p = dir.join(name);
+                }
+            }
+            if !p.exists() {
+                bail!(
+                    "{}: the weights it names (`{learned}`) are not found, also not beside the solverstate",
+                    path.display()
+                );
+            }
+            self.net.copy_trained_layers_from(&p)?;
+        }
+        if state.history.len() != self.history.len() {
+            bail!(
+                "{}: holds {} history blobs but this solver needs {}; was it written for another net or solver type?",
+                path.display(),
+                state.history.len(),
+                self.history.len()
+            );
+        }
+        for (i, (h, s)) in self.history.iter_mut().zip(&state.history).enumerate() {
+            let v = crate::net::weights::proto_data(s);
+            if v.len() != h.len() {
+                bail!("{}: history blob {i} has {} values, expected {}", path.display(), v.len(), h.len());
+            }
+            self.engine.upload(&v, h);
+        }
+        self.iter = state.iter();
+        self.current_step = state.current_step();
+        // Continue the same data stream: skip what the interrupted run already consumed.
+        let consumed = self.iter as usize * self.param.iter_size().max(1) as usize;
+        self.net.skip_data_batches(consumed)?;
+        Ok(())
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Msg(e.to_string())
+    }
+}
