@@ -21,6 +21,12 @@ enum Command {
     Test(cli::test::Args),
     /// Time each layer's forward and backward pass (Caffe's `caffe time`).
     Time(cli::time::Args),
+    /// Convert MNIST idx files (optionally gzipped) to an LMDB of Datum.
+    ConvertMnist(cli::convert_mnist::Args),
+    /// Convert an image folder and list file to an LMDB of Datum (Caffe's convert_imageset).
+    ConvertImageset(cli::convert_imageset::Args),
+    /// Compute the mean image of an LMDB (Caffe's compute_image_mean).
+    ComputeImageMean(cli::compute_image_mean::Args),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +37,9 @@ fn main() -> ExitCode {
         Command::Train(a) => cli::train::run(a),
         Command::Test(a) => cli::test::run(a),
         Command::Time(a) => cli::time::run(a),
+        Command::ConvertMnist(a) => cli::convert_mnist::run(a),
+        Command::ConvertImageset(a) => cli::convert_imageset::run(a),
+        Command::ComputeImageMean(a) => cli::compute_image_mean::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,9 @@
 //! The command line: one module per subcommand; each parses its flags and calls the library.
 
 pub mod common;
+pub mod compute_image_mean;
+pub mod convert_imageset;
+pub mod convert_mnist;
 pub mod log;
 pub mod test;
 pub mod time;

@@ -449,11 +449,15 @@ impl Engine for CpuEngine {
         let wc = g.weight_count();
         let (x, dy) = (x.host(), dy.host());
         let pointwise = is_pointwise(g);
-        let partial = (0..g.num)
+        // Fixed chunks (independent of the thread count) summed in order keep the result
+        // bit-identical from run to run, so a resumed training run retraces the original.
+        let chunks = g.num.clamp(1, 8);
+        let partials: Vec<Vec<f32>> = (0..chunks)
             .into_par_iter()
-            .fold(
-                || (vec![0.0f32; wc], Vec::new()),
-                |(mut acc, mut col), n| {
+            .map(|ci| {
+                let mut acc = vec![0.0f32; wc];
+                let mut col = Vec::new();
+                for n in ci * g.num / chunks..(ci + 1) * g.num / chunks {
                     let xn = &x[n * in_img..(n + 1) * in_img];
                     let cols: &[f32] = if pointwise {
                         xn
@@ -477,17 +481,14 @@ impl Engine for CpuEngine {
                             &mut acc[gi * cog * kdim..],
                         );
                     }
-                    (acc, col)
-                },
-            )
-            .map(|(acc, _)| acc)
-            .reduce(
-                || vec![0.0f32; wc],
-                |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                    a
-                },
-            );
+                }
+                acc
+            })
+            .collect();
+        let mut partial = vec![0.0f32; wc];
+        for p in &partials {
+            partial.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+        }
         dw.host_mut()
             .iter_mut()
             .zip(&partial)

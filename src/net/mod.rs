@@ -88,7 +88,13 @@ impl Net {
         let mut param_owner: HashMap<String, (usize, usize)> = HashMap::new();
         let mut layer_names = HashSet::new();
         let mut memory = 0usize;
-        for (li, lp) in param.layer.iter().enumerate() {
+        // Create every layer first so a wrong type or parameter anywhere is reported before any
+        // layer opens files or allocates memory.
+        let mut created = vec![];
+        for lp in &param.layer {
+            created.push(create_layer(lp).map_err(|e| e.in_layer(lp.name(), lp.r#type()))?);
+        }
+        for ((li, lp), mut layer) in param.layer.iter().enumerate().zip(created) {
             let lname = lp.name().to_string();
             let kind = lp.r#type().to_string();
             if !layer_names.insert(lname.clone()) && !lname.is_empty() {
@@ -96,7 +102,6 @@ impl Net {
             }
             info!("Creating layer {lname}");
             let wrap = |e: Error| e.in_layer(&lname, &kind);
-            let mut layer = create_layer(lp).map_err(wrap)?;
             // Bottoms must exist already.
             let mut bottoms = vec![];
             for (j, b) in lp.bottom.iter().enumerate() {
