@@ -127,7 +127,7 @@ fn lenet_trains_on_the_cpu_and_resumes_on_the_same_trajectory() {
     let b = loss_at(&resumed, 900).expect("loss at 900 in the resumed run");
     assert_eq!(a, b, "loss at iteration 900 differs after resuming");
     let tail = |log: &str| -> String {
-        log.lines().filter(|l| l.contains("Iteration 1000, Testing") || l.contains("Test net output")).last().unwrap_or("").to_string()
+        log.lines().rfind(|l| l.contains("Iteration 1000, Testing") || l.contains("Test net output")).unwrap_or("").to_string()
     };
     let fa = test_accuracies(&full)[2];
     let fb = *test_accuracies(&resumed).last().unwrap();

@@ -50,10 +50,10 @@ pub fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let t_all = Instant::now();
     for it in 0..iters {
         let t = Instant::now();
-        for i in 0..n {
+        for (i, f) in fwd.iter_mut().enumerate() {
             let s = Instant::now();
             net.forward_range(i, i + 1)?;
-            fwd[i] += s.elapsed().as_secs_f64() * 1e3;
+            *f += s.elapsed().as_secs_f64() * 1e3;
         }
         total_f += t.elapsed().as_secs_f64() * 1e3;
         if !args.forward_only {

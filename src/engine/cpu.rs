@@ -25,7 +25,8 @@ impl CpuEngine {
     }
 }
 
-/// Row-major sgemm on slices: C = alpha op(A) op(B) + beta C.
+/// Row-major sgemm on slices: C = alpha op(A) op(B) + beta C, single-threaded (callers
+/// parallelise across the batch).
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm(
     trans_a: bool,
@@ -39,35 +40,83 @@ pub fn sgemm(
     beta: f32,
     c: &mut [f32],
 ) {
+    sgemm_with(trans_a, trans_b, m, n, k, alpha, a, b, beta, c, gemm::Parallelism::None)
+}
+
+/// Same as [`sgemm`], spreading one large product over the rayon pool.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_parallel(
+    trans_a: bool,
+    trans_b: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    b: &[f32],
+    beta: f32,
+    c: &mut [f32],
+) {
+    // Below ~1 MFLOP the fork/join costs more than it saves.
+    let par = if m * n * k >= 1 << 19 {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    sgemm_with(trans_a, trans_b, m, n, k, alpha, a, b, beta, c, par)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sgemm_with(
+    trans_a: bool,
+    trans_b: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    b: &[f32],
+    beta: f32,
+    c: &mut [f32],
+    par: gemm::Parallelism,
+) {
     if m == 0 || n == 0 {
         return;
     }
     assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "gemm operand too small");
-    let (rsa, csa) = if trans_a { (1, m as isize) } else { (k as isize, 1) };
-    let (rsb, csb) = if trans_b { (1, k as isize) } else { (n as isize, 1) };
-    // SAFETY: the assert above guarantees every index matrixmultiply touches lies inside the slices.
+    // (row stride, column stride) of each operand as stored row-major.
+    let (a_rs, a_cs) = if trans_a { (1, m as isize) } else { (k as isize, 1) };
+    let (b_rs, b_cs) = if trans_b { (1, k as isize) } else { (n as isize, 1) };
+    // SAFETY: the assert above guarantees every index the kernel touches lies inside the slices,
+    // and `c` is borrowed mutably so nothing aliases it.
     unsafe {
-        matrixmultiply::sgemm(
+        gemm::gemm(
             m,
-            k,
             n,
-            alpha,
-            a.as_ptr(),
-            rsa,
-            csa,
-            b.as_ptr(),
-            rsb,
-            csb,
-            beta,
+            k,
             c.as_mut_ptr(),
-            n as isize,
             1,
+            n as isize,
+            beta != 0.0,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            beta,
+            alpha,
+            false,
+            false,
+            false,
+            par,
         );
     }
 }
 
-/// Unrolls one image (C×H×W) into columns (C·kh·kw × oh·ow), Caffe's layout.
-fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
+/// Unrolls one image (C×H×W) into columns (C·kh·kw rows of oh·ow), Caffe's layout. Row `r`
+/// starts at `col[r * ld + off]`, so several images can sit side by side in one matrix.
+fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32], ld: usize, off: usize) {
     let (oh, ow) = (g.out_h(), g.out_w());
     let (h, w) = (g.in_h as isize, g.in_w as isize);
     let mut row = 0;
@@ -75,7 +124,7 @@ fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
         let xc = &x[c * g.in_h * g.in_w..];
         for ki in 0..g.kernel_h {
             for kj in 0..g.kernel_w {
-                let dst = &mut col[row * oh * ow..(row + 1) * oh * ow];
+                let dst = &mut col[row * ld + off..row * ld + off + oh * ow];
                 for oy in 0..oh {
                     let iy = (oy * g.stride_h + ki * g.dilation_h) as isize - g.pad_h as isize;
                     let d = &mut dst[oy * ow..(oy + 1) * ow];
@@ -84,9 +133,18 @@ fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
                         continue;
                     }
                     let src = &xc[iy as usize * g.in_w..];
-                    for (ox, v) in d.iter_mut().enumerate() {
-                        let ix = (ox * g.stride_w + kj * g.dilation_w) as isize - g.pad_w as isize;
-                        *v = if ix >= 0 && ix < w { src[ix as usize] } else { 0.0 };
+                    if g.stride_w == 1 && g.dilation_w == 1 {
+                        // Contiguous run: copy the in-bounds span, zero the padding.
+                        let x0 = kj as isize - g.pad_w as isize;
+                        for (ox, v) in d.iter_mut().enumerate() {
+                            let ix = x0 + ox as isize;
+                            *v = if ix >= 0 && ix < w { src[ix as usize] } else { 0.0 };
+                        }
+                    } else {
+                        for (ox, v) in d.iter_mut().enumerate() {
+                            let ix = (ox * g.stride_w + kj * g.dilation_w) as isize - g.pad_w as isize;
+                            *v = if ix >= 0 && ix < w { src[ix as usize] } else { 0.0 };
+                        }
                     }
                 }
                 row += 1;
@@ -96,7 +154,7 @@ fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
 }
 
 /// Folds columns back into an image, summing overlaps (the adjoint of im2col). `x` must be zeroed.
-fn col2im(g: &ConvGeom, col: &[f32], x: &mut [f32]) {
+fn col2im(g: &ConvGeom, col: &[f32], x: &mut [f32], ld: usize, off: usize) {
     let (oh, ow) = (g.out_h(), g.out_w());
     let (h, w) = (g.in_h as isize, g.in_w as isize);
     let mut row = 0;
@@ -104,7 +162,7 @@ fn col2im(g: &ConvGeom, col: &[f32], x: &mut [f32]) {
         let xc = &mut x[c * g.in_h * g.in_w..(c + 1) * g.in_h * g.in_w];
         for ki in 0..g.kernel_h {
             for kj in 0..g.kernel_w {
-                let src = &col[row * oh * ow..(row + 1) * oh * ow];
+                let src = &col[row * ld + off..row * ld + off + oh * ow];
                 for oy in 0..oh {
                     let iy = (oy * g.stride_h + ki * g.dilation_h) as isize - g.pad_h as isize;
                     if iy < 0 || iy >= h {
@@ -124,14 +182,35 @@ fn col2im(g: &ConvGeom, col: &[f32], x: &mut [f32]) {
     }
 }
 
-/// True when the convolution reads its input directly as the column matrix.
-fn is_pointwise(g: &ConvGeom) -> bool {
-    g.kernel_h == 1
-        && g.kernel_w == 1
-        && g.stride_h == 1
-        && g.stride_w == 1
-        && g.pad_h == 0
-        && g.pad_w == 0
+/// Images per gemm: enough columns (≈512) for the gemm kernel to run efficiently, bounded so
+/// the column buffer stays near 8 MB.
+fn images_per_gemm(g: &ConvGeom) -> usize {
+    let p = (g.out_h() * g.out_w()).max(1);
+    let rows = g.in_channels * g.kernel_h * g.kernel_w;
+    let mut b = 512usize.div_ceil(p).clamp(1, g.num.max(1));
+    while b > 1 && rows * b * p > 1 << 21 {
+        b /= 2;
+    }
+    b
+}
+
+/// Gathers images [n0, n0+nb) of an N×C×P tensor into a C × (nb·P) matrix.
+fn gather_cols(src: &[f32], c: usize, p: usize, n0: usize, nb: usize, dst: &mut [f32]) {
+    for b in 0..nb {
+        let img = &src[(n0 + b) * c * p..(n0 + b + 1) * c * p];
+        for ch in 0..c {
+            dst[ch * nb * p + b * p..ch * nb * p + (b + 1) * p].copy_from_slice(&img[ch * p..(ch + 1) * p]);
+        }
+    }
+}
+
+/// Scatters a C × (nb·P) matrix back into nb images of C×P.
+fn scatter_cols(src: &[f32], c: usize, p: usize, nb: usize, dst: &mut [f32]) {
+    for b in 0..nb {
+        for ch in 0..c {
+            dst[b * c * p + ch * p..b * c * p + (ch + 1) * p].copy_from_slice(&src[ch * nb * p + b * p..ch * nb * p + (b + 1) * p]);
+        }
+    }
 }
 
 fn sigmoid(x: f32) -> f32 {
@@ -246,7 +325,7 @@ impl Engine for CpuEngine {
         beta: f32,
         c: (&mut Buffer, usize),
     ) {
-        sgemm(
+        sgemm_parallel(
             trans_a,
             trans_b,
             m,
@@ -351,104 +430,73 @@ impl Engine for CpuEngine {
     }
 
     fn conv_forward(&self, g: &ConvGeom, x: &Buffer, w: &Buffer, y: &mut Buffer) {
-        let (oh, ow) = (g.out_h(), g.out_w());
-        let p = oh * ow;
+        let p = g.out_h() * g.out_w();
         let in_img = g.in_channels * g.in_h * g.in_w;
         let out_img = g.out_channels * p;
         let kdim = g.in_channels / g.group * g.kernel_h * g.kernel_w;
         let cog = g.out_channels / g.group;
         let (x, w) = (x.host(), w.host());
-        let pointwise = is_pointwise(g);
+        let bsz = images_per_gemm(g);
         y.host_mut()[..g.num * out_img]
-            .par_chunks_mut(out_img)
+            .par_chunks_mut(bsz * out_img)
             .enumerate()
-            .for_each_init(Vec::new, |col, (n, yn)| {
-                let xn = &x[n * in_img..(n + 1) * in_img];
-                let cols: &[f32] = if pointwise {
-                    xn
-                } else {
-                    col.resize(kdim * g.group * p, 0.0);
-                    im2col(g, xn, col);
-                    col
-                };
-                for gi in 0..g.group {
-                    sgemm(
-                        false,
-                        false,
-                        cog,
-                        p,
-                        kdim,
-                        1.0,
-                        &w[gi * cog * kdim..],
-                        &cols[gi * kdim * p..],
-                        0.0,
-                        &mut yn[gi * cog * p..],
-                    );
-                }
-            });
+            .for_each_init(
+                || (Vec::new(), Vec::new()),
+                |(col, out), (ci, yc)| {
+                    let n0 = ci * bsz;
+                    let nb = yc.len() / out_img;
+                    let ld = nb * p;
+                    col.resize(kdim * g.group * ld, 0.0);
+                    out.resize(g.out_channels * ld, 0.0);
+                    for b in 0..nb {
+                        im2col(g, &x[(n0 + b) * in_img..(n0 + b + 1) * in_img], col, ld, b * p);
+                    }
+                    for gi in 0..g.group {
+                        sgemm(false, false, cog, ld, kdim, 1.0, &w[gi * cog * kdim..], &col[gi * kdim * ld..], 0.0, &mut out[gi * cog * ld..]);
+                    }
+                    scatter_cols(out, g.out_channels, p, nb, yc);
+                },
+            );
     }
 
     fn conv_backward_data(&self, g: &ConvGeom, dy: &Buffer, w: &Buffer, dx: &mut Buffer) {
-        let (oh, ow) = (g.out_h(), g.out_w());
-        let p = oh * ow;
+        let p = g.out_h() * g.out_w();
         let in_img = g.in_channels * g.in_h * g.in_w;
-        let out_img = g.out_channels * p;
         let kdim = g.in_channels / g.group * g.kernel_h * g.kernel_w;
         let cog = g.out_channels / g.group;
         let (dy, w) = (dy.host(), w.host());
-        let pointwise = is_pointwise(g);
+        let bsz = images_per_gemm(g);
         dx.host_mut()[..g.num * in_img]
-            .par_chunks_mut(in_img)
+            .par_chunks_mut(bsz * in_img)
             .enumerate()
-            .for_each_init(Vec::new, |col: &mut Vec<f32>, (n, dxn)| {
-                let dyn_ = &dy[n * out_img..(n + 1) * out_img];
-                if pointwise {
+            .for_each_init(
+                || (Vec::new(), Vec::new()),
+                |(col, dyc), (ci, dxc)| {
+                    let n0 = ci * bsz;
+                    let nb = dxc.len() / in_img;
+                    let ld = nb * p;
+                    col.resize(kdim * g.group * ld, 0.0);
+                    dyc.resize(g.out_channels * ld, 0.0);
+                    gather_cols(dy, g.out_channels, p, n0, nb, dyc);
                     for gi in 0..g.group {
-                        sgemm(
-                            true,
-                            false,
-                            kdim,
-                            p,
-                            cog,
-                            1.0,
-                            &w[gi * cog * kdim..],
-                            &dyn_[gi * cog * p..],
-                            0.0,
-                            &mut dxn[gi * kdim * p..],
-                        );
+                        sgemm(true, false, kdim, ld, cog, 1.0, &w[gi * cog * kdim..], &dyc[gi * cog * ld..], 0.0, &mut col[gi * kdim * ld..]);
                     }
-                    return;
-                }
-                col.resize(kdim * g.group * p, 0.0);
-                for gi in 0..g.group {
-                    sgemm(
-                        true,
-                        false,
-                        kdim,
-                        p,
-                        cog,
-                        1.0,
-                        &w[gi * cog * kdim..],
-                        &dyn_[gi * cog * p..],
-                        0.0,
-                        &mut col[gi * kdim * p..],
-                    );
-                }
-                dxn.fill(0.0);
-                col2im(g, col, dxn);
-            });
+                    dxc.fill(0.0);
+                    for b in 0..nb {
+                        col2im(g, col, &mut dxc[b * in_img..(b + 1) * in_img], ld, b * p);
+                    }
+                },
+            );
     }
 
     fn conv_backward_filter(&self, g: &ConvGeom, x: &Buffer, dy: &Buffer, dw: &mut Buffer) {
-        let (oh, ow) = (g.out_h(), g.out_w());
-        let p = oh * ow;
+        let p = g.out_h() * g.out_w();
         let in_img = g.in_channels * g.in_h * g.in_w;
-        let out_img = g.out_channels * p;
         let kdim = g.in_channels / g.group * g.kernel_h * g.kernel_w;
         let cog = g.out_channels / g.group;
         let wc = g.weight_count();
         let (x, dy) = (x.host(), dy.host());
-        let pointwise = is_pointwise(g);
+        let bsz = images_per_gemm(g);
         // Fixed chunks (independent of the thread count) summed in order keep the result
         // bit-identical from run to run, so a resumed training run retraces the original.
         let chunks = g.num.clamp(1, 8);
@@ -456,43 +504,30 @@ impl Engine for CpuEngine {
             .into_par_iter()
             .map(|ci| {
                 let mut acc = vec![0.0f32; wc];
-                let mut col = Vec::new();
-                for n in ci * g.num / chunks..(ci + 1) * g.num / chunks {
-                    let xn = &x[n * in_img..(n + 1) * in_img];
-                    let cols: &[f32] = if pointwise {
-                        xn
-                    } else {
-                        col.resize(kdim * g.group * p, 0.0);
-                        im2col(g, xn, &mut col);
-                        &col
-                    };
-                    let dyn_ = &dy[n * out_img..(n + 1) * out_img];
-                    for gi in 0..g.group {
-                        sgemm(
-                            false,
-                            true,
-                            cog,
-                            kdim,
-                            p,
-                            1.0,
-                            &dyn_[gi * cog * p..],
-                            &cols[gi * kdim * p..],
-                            1.0,
-                            &mut acc[gi * cog * kdim..],
-                        );
+                let (mut col, mut dyc) = (Vec::new(), Vec::new());
+                let (start, end) = (ci * g.num / chunks, (ci + 1) * g.num / chunks);
+                let mut n0 = start;
+                while n0 < end {
+                    let nb = bsz.min(end - n0);
+                    let ld = nb * p;
+                    col.resize(kdim * g.group * ld, 0.0);
+                    dyc.resize(g.out_channels * ld, 0.0);
+                    for b in 0..nb {
+                        im2col(g, &x[(n0 + b) * in_img..(n0 + b + 1) * in_img], &mut col, ld, b * p);
                     }
+                    gather_cols(dy, g.out_channels, p, n0, nb, &mut dyc);
+                    for gi in 0..g.group {
+                        sgemm(false, true, cog, kdim, ld, 1.0, &dyc[gi * cog * ld..], &col[gi * kdim * ld..], 1.0, &mut acc[gi * cog * kdim..]);
+                    }
+                    n0 += nb;
                 }
                 acc
             })
             .collect();
-        let mut partial = vec![0.0f32; wc];
-        for p in &partials {
-            partial.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+        let d = dw.host_mut();
+        for part in &partials {
+            d.iter_mut().zip(part).for_each(|(a, b)| *a += b);
         }
-        dw.host_mut()
-            .iter_mut()
-            .zip(&partial)
-            .for_each(|(d, p)| *d += p);
     }
 
     fn bias_forward(&self, outer: usize, ch: usize, inner: usize, b: &Buffer, y: &mut Buffer) {
@@ -560,7 +595,8 @@ impl Engine for CpuEngine {
             .enumerate()
             .for_each(|(plane, dxp)| {
                 dxp.fill(0.0);
-                let xp = &x[plane * ip..(plane + 1) * ip];
+                // Only MAX reads x; AVE callers (WITHIN_CHANNEL LRN) may pass an empty buffer.
+                let xp = x.get(plane * ip..(plane + 1) * ip).unwrap_or(&[]);
                 let dyp = &dy[plane * op..(plane + 1) * op];
                 for py in 0..g.out_h {
                     for px in 0..g.out_w {
@@ -726,9 +762,10 @@ impl Engine for CpuEngine {
         match x {
             Some(x) => y
                 .par_iter_mut()
+                .with_min_len(1 << 14)
                 .zip(x.host().par_iter())
                 .for_each(|(y, x)| *y = apply(*x)),
-            None => y.par_iter_mut().for_each(|y| *y = apply(*y)),
+            None => y.par_iter_mut().with_min_len(1 << 14).for_each(|y| *y = apply(*y)),
         }
     }
 

@@ -12,7 +12,7 @@ pub struct Accuracy {
 
 impl Accuracy {
     pub fn create(lp: &LayerParameter) -> Result<Box<dyn Layer>> {
-        let p = lp.accuracy_param.clone().unwrap_or_default();
+        let p = lp.accuracy_param.unwrap_or_default();
         if p.top_k() == 0 {
             bail!("accuracy_param.top_k must be at least 1");
         }
@@ -68,8 +68,11 @@ impl Layer for Accuracy {
                 }
                 let l = label as usize;
                 let v = x[(oi * c + l) * inner + ii];
-                // Rank of the true class: how many classes score strictly higher (Caffe's rule).
-                let higher = (0..c).filter(|&cc| x[(oi * c + cc) * inner + ii] > v).count();
+                // Rank of the true class: how many other classes score at least as high (Caffe
+                // counts ties against the true class, so constant outputs are not top-1 hits).
+                let higher = (0..c)
+                    .filter(|&cc| cc != l && x[(oi * c + cc) * inner + ii] >= v)
+                    .count();
                 per_class[l].1 += 1;
                 total += 1;
                 if higher < k {

@@ -121,7 +121,7 @@ impl Layer for Convolution {
         let group = self.p.group() as usize;
         let out = self.p.num_output() as usize;
         self.in_channels = shape[1];
-        if group == 0 || self.in_channels % group != 0 || out % group != 0 {
+        if group == 0 || !self.in_channels.is_multiple_of(group) || !out.is_multiple_of(group) {
             bail!(
                 "group {group} must divide both the input channels ({}) and num_output ({out})",
                 self.in_channels

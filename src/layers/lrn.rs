@@ -15,8 +15,8 @@ pub struct Lrn {
 
 impl Lrn {
     pub fn create(lp: &LayerParameter) -> Result<Box<dyn Layer>> {
-        let p = lp.lrn_param.clone().unwrap_or_default();
-        if p.local_size() % 2 == 0 {
+        let p = lp.lrn_param.unwrap_or_default();
+        if p.local_size().is_multiple_of(2) {
             bail!("lrn_param.local_size must be odd, got {}", p.local_size());
         }
         Ok(Box::new(Lrn { p, params: None, scale: None }))

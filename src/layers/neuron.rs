@@ -9,6 +9,18 @@ use crema_proto::caffe::LayerParameter;
 /// Any layer that applies one [`Activation`] elementwise.
 pub struct Neuron {
     f: Activation,
+    /// The input, kept when running in place for an activation whose gradient needs it.
+    saved: Option<BlobRef>,
+}
+
+/// Whether the gradient can be computed from the output alone, so running in place needs no copy.
+fn grad_from_output(f: Activation) -> bool {
+    match f {
+        Activation::Relu { negative_slope } => negative_slope >= 0.0,
+        Activation::Elu { alpha } => alpha >= 0.0,
+        Activation::Sigmoid | Activation::TanH | Activation::Exp { .. } | Activation::Threshold { .. } => true,
+        _ => false,
+    }
 }
 
 impl Neuron {
@@ -23,25 +35,25 @@ impl Neuron {
             "AbsVal" => Activation::AbsVal,
             "BNLL" => Activation::Bnll,
             "Power" => {
-                let p = lp.power_param.clone().unwrap_or_default();
+                let p = lp.power_param.unwrap_or_default();
                 Activation::Power { power: p.power(), scale: p.scale(), shift: p.shift() }
             }
             "Exp" => {
-                let p = lp.exp_param.clone().unwrap_or_default();
+                let p = lp.exp_param.unwrap_or_default();
                 if p.base() != -1.0 && p.base() <= 0.0 {
                     bail!("exp_param.base must be positive or -1 (for e), got {}", p.base());
                 }
                 Activation::Exp { base: p.base(), scale: p.scale(), shift: p.shift() }
             }
             "Log" => {
-                let p = lp.log_param.clone().unwrap_or_default();
+                let p = lp.log_param.unwrap_or_default();
                 if p.base() != -1.0 && p.base() <= 0.0 {
                     bail!("log_param.base must be positive or -1 (for e), got {}", p.base());
                 }
                 Activation::Log { base: p.base(), scale: p.scale(), shift: p.shift() }
             }
             "Clip" => {
-                let p = lp.clip_param.clone().unwrap_or_default();
+                let p = lp.clip_param.unwrap_or_default();
                 if p.min > p.max {
                     bail!("clip_param.min ({}) must not exceed max ({})", p.min, p.max);
                 }
@@ -53,7 +65,7 @@ impl Neuron {
             },
             other => bail!("`{other}` is not an elementwise layer"),
         };
-        Ok(Box::new(Neuron { f }))
+        Ok(Box::new(Neuron { f, saved: None }))
     }
 }
 
@@ -68,6 +80,13 @@ impl Layer for Neuron {
     }
 
     fn forward(&mut self, cx: &Ctx, bottom: &[BlobRef], top: &[BlobRef]) -> Result<()> {
+        if super::in_place(&bottom[0], &top[0]) && !grad_from_output(self.f) {
+            // The gradient needs the input, which running in place overwrites: keep a copy.
+            let saved = self.saved.get_or_insert_with(|| Blob::new_ref(cx.engine, &[]));
+            saved.reshape(cx.engine, &bottom[0].shape());
+            let n = bottom[0].count();
+            cx.engine.copy_blocks(1, n, &bottom[0].data(), 0, 0, &mut saved.data_mut(), 0, 0);
+        }
         with_in_out(&bottom[0], &top[0], |x, y| cx.engine.act_forward(self.f, x, y));
         Ok(())
     }
@@ -77,10 +96,13 @@ impl Layer for Neuron {
             return Ok(());
         }
         if super::in_place(&bottom[0], &top[0]) {
-            // Only the top's data survives in place; every activation here recovers what its
-            // gradient needs from it (ReLU's sign is preserved), as Caffe's in-place use requires.
+            // Only the top's data survives in place: activations whose gradient it determines
+            // (ReLU keeps the sign) use it as x; the others use the input saved by forward.
             let y = top[0].data();
-            cx.engine.act_backward(self.f, &y, &y, None, &mut bottom[0].diff_mut());
+            match (&self.saved, grad_from_output(self.f)) {
+                (Some(x), false) => cx.engine.act_backward(self.f, &x.data(), &y, None, &mut bottom[0].diff_mut()),
+                _ => cx.engine.act_backward(self.f, &y, &y, None, &mut bottom[0].diff_mut()),
+            }
         } else {
             let (x, y) = (bottom[0].data(), top[0].data());
             with_diff_in_out(&top[0], &bottom[0], |dy, dx| cx.engine.act_backward(self.f, &x, &y, dy, dx));

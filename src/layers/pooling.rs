@@ -25,7 +25,7 @@ pub fn pooled_size(input: usize, kernel: usize, pad: usize, stride: usize, ceil:
 
 impl Pooling {
     pub fn create(lp: &LayerParameter) -> Result<Box<dyn Layer>> {
-        let p = lp.pooling_param.clone().unwrap_or_default();
+        let p = lp.pooling_param.unwrap_or_default();
         let method = match p.pool() {
             ProtoPool::Max => PoolMethod::Max,
             ProtoPool::Ave => PoolMethod::Ave,

@@ -62,9 +62,12 @@ impl Layer for Split {
     }
 }
 
+/// Maps a bottom shape to a top shape.
+type ShapeFn = Box<dyn Fn(&[usize]) -> Result<Vec<usize>>>;
+
 /// A layer whose top is its bottom with another shape (Flatten, Reshape).
 pub struct Reshaping {
-    target: Box<dyn Fn(&[usize]) -> Result<Vec<usize>>>,
+    target: ShapeFn,
 }
 
 impl Layer for Reshaping {
@@ -95,7 +98,7 @@ pub struct Flatten;
 
 impl Flatten {
     pub fn create(lp: &LayerParameter) -> Result<Box<dyn Layer>> {
-        let p = lp.flatten_param.clone().unwrap_or_default();
+        let p = lp.flatten_param.unwrap_or_default();
         let (axis, end) = (p.axis(), p.end_axis());
         Ok(Box::new(Reshaping {
             target: Box::new(move |s: &[usize]| {
@@ -158,7 +161,7 @@ impl Reshape {
                 let total: usize = s.iter().product();
                 let known: usize = out.iter().product();
                 if let Some(i) = infer {
-                    if known == 0 || total % known != 0 {
+                    if known == 0 || !total.is_multiple_of(known) {
                         bail!("cannot infer a dimension: {total} elements of {s:?} do not divide into {out:?}");
                     }
                     out[i] = total / known;
@@ -182,7 +185,7 @@ pub struct Concat {
 
 impl Concat {
     pub fn create(lp: &LayerParameter) -> Result<Box<dyn Layer>> {
-        let p = lp.concat_param.clone().unwrap_or_default();
+        let p = lp.concat_param.unwrap_or_default();
         if p.axis.is_some() && p.concat_dim.is_some() {
             bail!("give either concat_param.axis or the legacy concat_dim, not both");
         }
@@ -288,7 +291,7 @@ impl Layer for Slice {
         }
         let total = s[a];
         let sizes: Vec<usize> = if self.points.is_empty() {
-            if total % top.len() != 0 {
+            if !total.is_multiple_of(top.len()) {
                 bail!("axis {a} of size {total} does not split evenly into {} tops; give slice_point", top.len());
             }
             vec![total / top.len(); top.len()]

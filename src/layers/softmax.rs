@@ -97,7 +97,7 @@ pub struct SoftmaxWithLoss {
 impl SoftmaxWithLoss {
     pub fn create(lp: &LayerParameter) -> Result<Box<dyn Layer>> {
         let axis = lp.softmax_param.as_ref().map(|p| p.axis()).unwrap_or(1);
-        let loss = lp.loss_param.clone().unwrap_or_default();
+        let loss = lp.loss_param.unwrap_or_default();
         Ok(Box::new(SoftmaxWithLoss { axis, loss, prob: None, dims: (0, 0, 0), norm: 1.0 }))
     }
 

@@ -116,7 +116,7 @@ mod tests {
     fn g_format_matches_cpp_streams() {
         assert_eq!(fmt_g(0.9914), "0.9914");
         assert_eq!(fmt_g(0.99140006), "0.9914");
-        assert_eq!(fmt_g(2.302585), "2.30259");
+        assert_eq!(fmt_g(1.234_567), "1.23457");
         assert_eq!(fmt_g(0.01), "0.01");
         assert_eq!(fmt_g(1e-5), "1e-05");
         assert_eq!(fmt_g(123456.0), "123456");
