@@ -1,6 +1,6 @@
 //! The CPU engine: im2col + matrixmultiply's sgemm, with rayon across the batch.
 
-use super::{Activation, Buffer, ConvGeom, Engine, LrnParams, PoolGeom, PoolMethod};
+use super::{Activation, Buffer, ConvGeom, Engine, LrnParams, PoolGeom, PoolMethod, UpdateRule};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
@@ -990,6 +990,18 @@ impl Engine for CpuEngine {
         for i in 0..dx.len() {
             dx[i] = if a[i] as usize == index { dy[i] } else { 0.0 };
         }
+    }
+
+    fn solver_update(
+        &self,
+        rule: UpdateRule,
+        lr: f32,
+        g: &Buffer,
+        h: &mut Buffer,
+        h2: Option<&mut Buffer>,
+        w: &mut Buffer,
+    ) {
+        rule.apply_host(lr, g.host(), h.host_mut(), h2.map(|b| b.host_mut()), w.host_mut());
     }
 
     fn sgd_update(&self, lr: f32, momentum: f32, g: &Buffer, h: &mut Buffer, w: &mut Buffer) {

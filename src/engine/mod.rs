@@ -4,13 +4,17 @@
 //! im2col + gemm + rayon, a GPU engine with cuDNN/cuBLAS/kernels. No layer is written twice.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 pub use cpu::CpuEngine;
 
-/// Memory owned by an engine. The CPU engine keeps host vectors.
+/// Memory owned by an engine. The CPU engine keeps host vectors, the CUDA engine device memory.
 #[derive(Debug, Clone)]
 pub enum Buffer {
     Host(Vec<f32>),
+    #[cfg(feature = "cuda")]
+    Device(cudarc::driver::CudaSlice<f32>),
 }
 
 impl Buffer {
@@ -18,6 +22,8 @@ impl Buffer {
     pub fn len(&self) -> usize {
         match self {
             Buffer::Host(v) => v.len(),
+            #[cfg(feature = "cuda")]
+            Buffer::Device(d) => d.len(),
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -27,12 +33,16 @@ impl Buffer {
     pub fn host(&self) -> &[f32] {
         match self {
             Buffer::Host(v) => v,
+            #[cfg(feature = "cuda")]
+            Buffer::Device(_) => panic!("the CPU engine was handed a CUDA buffer (engines were mixed)"),
         }
     }
     /// Mutable host view; only valid for buffers of the CPU engine.
     pub fn host_mut(&mut self) -> &mut [f32] {
         match self {
             Buffer::Host(v) => v,
+            #[cfg(feature = "cuda")]
+            Buffer::Device(_) => panic!("the CPU engine was handed a CUDA buffer (engines were mixed)"),
         }
     }
 }
@@ -143,6 +153,8 @@ pub enum Activation {
 pub trait Engine {
     /// A short name for logs ("CPU", "CUDA:0").
     fn name(&self) -> String;
+    /// Waits until every queued operation has finished (for timing); synchronous engines need not.
+    fn synchronize(&self) {}
 
     // ---- memory ----
     /// A zero-filled buffer of `n` elements.
@@ -331,4 +343,93 @@ pub trait Engine {
     // ---- solver updates ----
     /// SGD with momentum (Caffe): h = momentum h + lr g; w -= h. `g` already regularised.
     fn sgd_update(&self, lr: f32, momentum: f32, g: &Buffer, h: &mut Buffer, w: &mut Buffer);
+
+    /// One step of an adaptive rule (Caffe's exact formulas, see [`UpdateRule`]). `h2` is the
+    /// second history that AdaDelta and Adam keep. The default runs on the host: correct on any
+    /// engine, and an engine may override it with a fused kernel.
+    fn solver_update(
+        &self,
+        rule: UpdateRule,
+        lr: f32,
+        g: &Buffer,
+        h: &mut Buffer,
+        h2: Option<&mut Buffer>,
+        w: &mut Buffer,
+    ) {
+        let gv = self.download(g);
+        let mut hv = self.download(h);
+        let mut h2v = h2.as_ref().map(|b| self.download(b));
+        let mut wv = self.download(w);
+        rule.apply_host(lr, &gv, &mut hv, h2v.as_deref_mut(), &mut wv);
+        self.upload(&hv, h);
+        if let (Some(b), Some(v)) = (h2, h2v) {
+            self.upload(&v, b);
+        }
+        self.upload(&wv, w);
+    }
+}
+
+/// Caffe's update rules beyond plain SGD, with their hyper-parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum UpdateRule {
+    /// v' = m v + lr g; w -= (1 + m) v' - m v
+    Nesterov { momentum: f32 },
+    /// h += g²; w -= lr g / (√h + δ)
+    AdaGrad { delta: f32 },
+    /// h = d h + (1 - d) g²; w -= lr g / (√h + δ)
+    RmsProp { decay: f32, delta: f32 },
+    /// h = m h + (1-m) g²; u = g √((h2 + δ)/(h + δ)); h2 = m h2 + (1-m) u²; w -= lr u
+    AdaDelta { momentum: f32, delta: f32 },
+    /// Adam at step `t` (1-based) with bias correction √(1-β2ᵗ)/(1-β1ᵗ).
+    Adam { beta1: f32, beta2: f32, delta: f32, t: i32 },
+}
+
+impl UpdateRule {
+    /// Whether the rule keeps a second history blob per parameter.
+    pub fn needs_second_history(&self) -> bool {
+        matches!(self, UpdateRule::AdaDelta { .. } | UpdateRule::Adam { .. })
+    }
+
+    /// Applies the rule to host slices.
+    pub fn apply_host(&self, lr: f32, g: &[f32], h: &mut [f32], h2: Option<&mut [f32]>, w: &mut [f32]) {
+        match *self {
+            UpdateRule::Nesterov { momentum } => {
+                for i in 0..w.len() {
+                    let prev = h[i];
+                    h[i] = momentum * h[i] + lr * g[i];
+                    w[i] -= (1.0 + momentum) * h[i] - momentum * prev;
+                }
+            }
+            UpdateRule::AdaGrad { delta } => {
+                for i in 0..w.len() {
+                    h[i] += g[i] * g[i];
+                    w[i] -= lr * g[i] / (h[i].sqrt() + delta);
+                }
+            }
+            UpdateRule::RmsProp { decay, delta } => {
+                for i in 0..w.len() {
+                    h[i] = decay * h[i] + (1.0 - decay) * g[i] * g[i];
+                    w[i] -= lr * g[i] / (h[i].sqrt() + delta);
+                }
+            }
+            UpdateRule::AdaDelta { momentum, delta } => {
+                let Some(h2) = h2 else { return };
+                for i in 0..w.len() {
+                    h[i] = momentum * h[i] + (1.0 - momentum) * g[i] * g[i];
+                    let u = g[i] * ((h2[i] + delta) / (h[i] + delta)).sqrt();
+                    h2[i] = momentum * h2[i] + (1.0 - momentum) * u * u;
+                    w[i] -= lr * u;
+                }
+            }
+            UpdateRule::Adam { beta1, beta2, delta, t } => {
+                let Some(v) = h2 else { return };
+                let correction = (1.0 - beta2.powi(t)).sqrt() / (1.0 - beta1.powi(t));
+                for i in 0..w.len() {
+                    h[i] = beta1 * h[i] + (1.0 - beta1) * g[i];
+                    v[i] = beta2 * v[i] + (1.0 - beta2) * g[i] * g[i];
+                    w[i] -= lr * correction * h[i] / (v[i].sqrt() + delta);
+                }
+            }
+        }
+    }
 }

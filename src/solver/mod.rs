@@ -3,7 +3,7 @@
 pub mod lr;
 
 use crate::blob::BlobRef;
-use crate::engine::{Buffer, Engine};
+use crate::engine::{Buffer, Engine, UpdateRule};
 use crate::layers::Phase;
 use crate::net::{Net, State};
 use crate::{bail, Error, Result};
@@ -54,9 +54,81 @@ pub struct NetChoices {
 }
 
 /// The update rule of a solver `type`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rule {
     Sgd,
+    Nesterov,
+    AdaGrad,
+    RmsProp,
+    AdaDelta,
+    Adam,
+}
+
+impl Rule {
+    /// The rule named by `type` (or the legacy `solver_type` enum), checked as Caffe does.
+    pub fn from_solver(p: &SolverParameter) -> Result<Rule> {
+        const NAMES: [&str; 6] = ["SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"];
+        let from_legacy = match p.solver_type {
+            Some(v) => match NAMES.get(v as usize) {
+                Some(n) => Some(*n),
+                None => bail!("solver_type {v} is not a solver; use type: \"SGD\" (or Nesterov, AdaGrad, RMSProp, AdaDelta, Adam)"),
+            },
+            None => None,
+        };
+        let name = match (p.r#type.as_deref(), from_legacy) {
+            (Some(t), Some(l)) if t != l => {
+                bail!("the solver says type: \"{t}\" but the legacy solver_type says {l}; remove solver_type")
+            }
+            (Some(t), _) => t,
+            (None, Some(l)) => l,
+            (None, None) => "SGD",
+        };
+        let rule = match name {
+            "SGD" => Rule::Sgd,
+            "Nesterov" => Rule::Nesterov,
+            "AdaGrad" => Rule::AdaGrad,
+            "RMSProp" => Rule::RmsProp,
+            "AdaDelta" => Rule::AdaDelta,
+            "Adam" => Rule::Adam,
+            other => {
+                let best = NAMES.iter().min_by_key(|n| crate::layers::levenshtein(&n.to_lowercase(), &other.to_lowercase()));
+                bail!(
+                    "unknown solver type \"{other}\"{}; use one of {}",
+                    best.map(|b| format!(" (did you mean \"{b}\"?)")).unwrap_or_default(),
+                    NAMES.join(", ")
+                )
+            }
+        };
+        if matches!(rule, Rule::AdaGrad | Rule::RmsProp) && p.momentum() != 0.0 {
+            bail!("momentum must be 0 with the {name} solver (got {}); remove momentum", p.momentum());
+        }
+        Ok(rule)
+    }
+
+    /// The engine rule for this solver at iteration `iter` (None for plain SGD).
+    fn update(self, p: &SolverParameter, iter: i32) -> Option<UpdateRule> {
+        match self {
+            Rule::Sgd => None,
+            Rule::Nesterov => Some(UpdateRule::Nesterov { momentum: p.momentum() }),
+            Rule::AdaGrad => Some(UpdateRule::AdaGrad { delta: p.delta() }),
+            Rule::RmsProp => Some(UpdateRule::RmsProp { decay: p.rms_decay(), delta: p.delta() }),
+            Rule::AdaDelta => Some(UpdateRule::AdaDelta { momentum: p.momentum(), delta: p.delta() }),
+            Rule::Adam => Some(UpdateRule::Adam {
+                beta1: p.momentum(),
+                beta2: p.momentum2(),
+                delta: p.delta(),
+                t: iter + 1,
+            }),
+        }
+    }
+
+    fn histories(self) -> usize {
+        if matches!(self, Rule::AdaDelta | Rule::Adam) {
+            2
+        } else {
+            1
+        }
+    }
 }
 
 /// Caffe's solver: owns the train net and the test nets that share its weights.
@@ -112,13 +184,7 @@ impl Solver {
         engine: Rc<dyn Engine>,
         choices: &NetChoices,
     ) -> Result<Solver> {
-        let rule = match (param.r#type(), param.solver_type) {
-            ("SGD", None) | ("SGD", Some(0)) => Rule::Sgd,
-            (t, st) => bail!(
-                "solver type `{t}`{} is not supported yet; crema currently trains with SGD",
-                st.map(|v| format!(" (solver_type {v})")).unwrap_or_default()
-            ),
-        };
+        let rule = Rule::from_solver(&param)?;
         let policy = LrPolicy::from_solver(&param)?;
         if param.random_seed() >= 0 {
             crate::rng::seed(param.random_seed() as u64);
@@ -195,7 +261,10 @@ impl Solver {
             tn.share_trained_layers_with(&net)?;
             test_nets.push(tn);
         }
-        let history = net.params().iter().map(|p| engine.alloc(p.blob.count())).collect();
+        // Caffe's layout: one history blob per parameter, then a second set for AdaDelta/Adam.
+        let history = (0..rule.histories())
+            .flat_map(|_| net.params().iter().map(|p| engine.alloc(p.blob.count())))
+            .collect();
         let snapshot_prefix = match &param.snapshot_prefix {
             Some(p) if !p.is_empty() => p.clone(),
             _ => solver_path
@@ -290,6 +359,7 @@ impl Solver {
         self.losses.clear();
         self.smoothed_loss = 0.0;
         let mut last_event = (Instant::now(), self.iter);
+        let mut last_wait = self.net.data_wait().unwrap_or_default();
         while self.iter < stop_iter {
             self.net.clear_param_diffs();
             let ti = self.param.test_interval();
@@ -324,6 +394,11 @@ impl Solver {
                     self.param.display(),
                     fmt_g(self.smoothed_loss)
                 );
+                if let Some(total) = self.net.data_wait() {
+                    let iters = (self.iter - last_event.1).max(1);
+                    log_data_wait(total.saturating_sub(last_wait), lapse, &format!("{iters} iters"));
+                    last_wait = total;
+                }
                 last_event = (Instant::now(), self.iter);
                 self.log_outputs("Train", &self.net_outputs(), None);
             }
@@ -432,8 +507,14 @@ impl Solver {
                 }
             }
             let local_rate = rate * lr_mult;
-            match self.rule {
-                Rule::Sgd => e.sgd_update(local_rate, self.param.momentum(), &diff, &mut self.history[i], &mut b.data_mut()),
+            match self.rule.update(&self.param, self.iter) {
+                None => e.sgd_update(local_rate, self.param.momentum(), &diff, &mut self.history[i], &mut b.data_mut()),
+                Some(rule) => {
+                    let n = params.len();
+                    let (first, second) = self.history.split_at_mut(n);
+                    let h2 = if rule.needs_second_history() { second.get_mut(i) } else { None };
+                    e.solver_update(rule, local_rate, &diff, &mut first[i], h2, &mut b.data_mut());
+                }
             }
         }
         Ok(())
@@ -457,6 +538,7 @@ impl Solver {
         let weights = net.output_loss_weights();
         let mut scores: Vec<Vec<f64>> = vec![];
         let mut loss = 0.0f64;
+        let (started, wait_before) = (Instant::now(), net.data_wait().unwrap_or_default());
         for _ in 0..iters {
             let l = net.forward()?;
             loss += l as f64;
@@ -469,6 +551,10 @@ impl Solver {
                     *s += *x as f64;
                 }
             }
+        }
+        if let Some(total) = net.data_wait() {
+            let lapse = started.elapsed().as_secs_f32();
+            log_data_wait(total.saturating_sub(wait_before), lapse, &format!("{iters} test iters"));
         }
         if self.param.test_compute_loss() {
             info!("Test loss: {}", fmt_g((loss / iters.max(1) as f64) as f32));
@@ -502,7 +588,7 @@ impl Solver {
         let history = self
             .history
             .iter()
-            .zip(self.net.params())
+            .zip(self.net.params().iter().cycle())
             .map(|(h, p)| crema_proto::caffe::BlobProto {
                 shape: Some(crema_proto::caffe::BlobShape {
                     dim: p.blob.shape().iter().map(|d| *d as i64).collect(),
@@ -561,6 +647,15 @@ impl Solver {
         let consumed = self.iter as usize * self.param.iter_size().max(1) as usize;
         self.net.skip_data_batches(consumed)?;
         Ok(())
+    }
+}
+
+/// Logs how long forward() waited on the data layers during `lapse_s` seconds of `what`, when
+/// that is a noticeable share of the time (a starving engine shows up in the log).
+fn log_data_wait(waited: std::time::Duration, lapse_s: f32, what: &str) {
+    let w = waited.as_secs_f32();
+    if w >= 0.01 && w >= 0.01 * lapse_s {
+        info!("    Data wait: {w:.2} s over the last {what} ({:.0}% of the time)", 100.0 * w / lapse_s.max(1e-9));
     }
 }
 
