@@ -81,6 +81,10 @@ pub trait Layer {
     fn arity(&self) -> ((usize, usize), (usize, usize)) {
         ((0, usize::MAX), (0, usize::MAX))
     }
+    /// Data layers: total time forward() has waited for input so far (a starving net shows here).
+    fn data_wait(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 type Constructor = fn(&LayerParameter) -> Result<Box<dyn Layer>>;
@@ -102,6 +106,7 @@ fn registry() -> &'static [(&'static str, Constructor)] {
         ("EuclideanLoss", loss::EuclideanLoss::create),
         ("Exp", neuron::Neuron::create),
         ("Flatten", shape::Flatten::create),
+        ("ImageData", crate::data::ImageDataLayer::create),
         ("InnerProduct", inner_product::InnerProduct::create),
         ("Input", input::Input::create),
         ("LRN", lrn::Lrn::create),

@@ -436,6 +436,11 @@ impl Net {
         }
         Ok(())
     }
+
+    /// Total time this net's data layers have waited for input; None without data layers.
+    pub fn data_wait(&self) -> Option<std::time::Duration> {
+        self.layers.iter().filter_map(|l| l.layer.data_wait()).reduce(|a, b| a + b)
+    }
 }
 
 fn arity_text(min: usize, max: usize) -> String {
