@@ -27,6 +27,12 @@ enum Command {
     ConvertImageset(cli::convert_imageset::Args),
     /// Compute the mean image of an LMDB (Caffe's compute_image_mean).
     ComputeImageMean(cli::compute_image_mean::Args),
+    /// Write a legacy (V1, input_dim, old transform fields) net in the current format.
+    UpgradeNet(cli::upgrade::NetArgs),
+    /// Write a solver with the legacy solver_type enum as a type string.
+    UpgradeSolver(cli::upgrade::SolverArgs),
+    /// Classify images with a deploy net and trained weights (Caffe's classification example).
+    Classify(cli::classify::Args),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +46,9 @@ fn main() -> ExitCode {
         Command::ConvertMnist(a) => cli::convert_mnist::run(a),
         Command::ConvertImageset(a) => cli::convert_imageset::run(a),
         Command::ComputeImageMean(a) => cli::compute_image_mean::run(a),
+        Command::UpgradeNet(a) => cli::upgrade::run_net(a),
+        Command::UpgradeSolver(a) => cli::upgrade::run_solver(a),
+        Command::Classify(a) => cli::classify::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

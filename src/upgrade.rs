@@ -71,36 +71,36 @@ pub fn upgrade_v1_layer(v1: &V1LayerParameter) -> Result<LayerParameter> {
         exclude: v1.exclude.clone(),
         loss_weight: v1.loss_weight.clone(),
         blobs: v1.blobs.clone(),
-        accuracy_param: v1.accuracy_param.clone(),
-        argmax_param: v1.argmax_param.clone(),
-        concat_param: v1.concat_param.clone(),
-        contrastive_loss_param: v1.contrastive_loss_param.clone(),
+        accuracy_param: v1.accuracy_param,
+        argmax_param: v1.argmax_param,
+        concat_param: v1.concat_param,
+        contrastive_loss_param: v1.contrastive_loss_param,
         convolution_param: v1.convolution_param.clone(),
         data_param: v1.data_param.clone(),
-        dropout_param: v1.dropout_param.clone(),
+        dropout_param: v1.dropout_param,
         dummy_data_param: v1.dummy_data_param.clone(),
         eltwise_param: v1.eltwise_param.clone(),
-        exp_param: v1.exp_param.clone(),
+        exp_param: v1.exp_param,
         hdf5_data_param: v1.hdf5_data_param.clone(),
         hdf5_output_param: v1.hdf5_output_param.clone(),
-        hinge_loss_param: v1.hinge_loss_param.clone(),
+        hinge_loss_param: v1.hinge_loss_param,
         image_data_param: v1.image_data_param.clone(),
         infogain_loss_param: v1.infogain_loss_param.clone(),
         inner_product_param: v1.inner_product_param.clone(),
-        lrn_param: v1.lrn_param.clone(),
-        memory_data_param: v1.memory_data_param.clone(),
-        mvn_param: v1.mvn_param.clone(),
-        pooling_param: v1.pooling_param.clone(),
-        power_param: v1.power_param.clone(),
-        relu_param: v1.relu_param.clone(),
-        sigmoid_param: v1.sigmoid_param.clone(),
-        softmax_param: v1.softmax_param.clone(),
+        lrn_param: v1.lrn_param,
+        memory_data_param: v1.memory_data_param,
+        mvn_param: v1.mvn_param,
+        pooling_param: v1.pooling_param,
+        power_param: v1.power_param,
+        relu_param: v1.relu_param,
+        sigmoid_param: v1.sigmoid_param,
+        softmax_param: v1.softmax_param,
         slice_param: v1.slice_param.clone(),
-        tanh_param: v1.tanh_param.clone(),
-        threshold_param: v1.threshold_param.clone(),
+        tanh_param: v1.tanh_param,
+        threshold_param: v1.threshold_param,
         window_data_param: v1.window_data_param.clone(),
         transform_param: v1.transform_param.clone(),
-        loss_param: v1.loss_param.clone(),
+        loss_param: v1.loss_param,
         ..Default::default()
     };
     let n = v1.param.len().max(v1.blobs_lr.len()).max(v1.weight_decay.len()).max(v1.blob_share_mode.len());
@@ -138,6 +138,8 @@ pub fn upgrade_net(param: &NetParameter) -> Result<NetParameter> {
         net.layer = net.layers.iter().map(upgrade_v1_layer).collect::<Result<_>>()?;
         net.layers.clear();
     }
+    upgrade_data_transformation(&mut net);
+    upgrade_batch_norm(&mut net);
     if !net.input.is_empty() {
         let shapes: Vec<BlobShape> = if !net.input_shape.is_empty() {
             net.input_shape.clone()
@@ -173,4 +175,122 @@ pub fn upgrade_net(param: &NetParameter) -> Result<NetParameter> {
         net.input_dim.clear();
     }
     Ok(net)
+}
+
+/// Moves the pre-2014 transformation fields (scale, mean_file, crop_size, mirror) of data layer
+/// parameters into `transform_param`, as Caffe's UpgradeNetDataTransformation does.
+fn upgrade_data_transformation(net: &mut NetParameter) {
+    macro_rules! lift {
+        ($layer:expr, $field:ident) => {{
+            let l: &mut LayerParameter = $layer;
+            if let Some(p) = l.$field.as_mut() {
+                let (scale, mean, crop, mirror) = (p.scale.take(), p.mean_file.take(), p.crop_size.take(), p.mirror.take());
+                if scale.is_some() || mean.is_some() || crop.is_some() || mirror.is_some() {
+                    info!("Upgrading legacy transformation fields of layer `{}` to transform_param", l.name());
+                    let t = l.transform_param.get_or_insert_with(Default::default);
+                    if scale.is_some() {
+                        t.scale = scale;
+                    }
+                    if mean.is_some() {
+                        t.mean_file = mean;
+                    }
+                    if crop.is_some() {
+                        t.crop_size = crop;
+                    }
+                    if mirror.is_some() {
+                        t.mirror = mirror;
+                    }
+                }
+            }
+        }};
+    }
+    for l in net.layer.iter_mut() {
+        lift!(l, data_param);
+        lift!(l, image_data_param);
+        lift!(l, window_data_param);
+    }
+}
+
+/// Old BatchNorm definitions listed three `param { lr_mult: 0 }` specs; the layer now freezes its
+/// statistics itself, so Caffe drops them.
+fn upgrade_batch_norm(net: &mut NetParameter) {
+    for l in net.layer.iter_mut() {
+        if l.r#type() == "BatchNorm" && l.param.len() == 3 {
+            info!("Dropping the param specs of BatchNorm layer `{}` (the layer freezes its statistics)", l.name());
+            l.param.clear();
+        }
+    }
+}
+
+/// Upgrades a solver: the legacy `solver_type` enum becomes the `type` string.
+pub fn upgrade_solver(param: &crema_proto::caffe::SolverParameter) -> Result<crema_proto::caffe::SolverParameter> {
+    let mut p = param.clone();
+    if let Some(v) = p.solver_type.take() {
+        const NAMES: [&str; 6] = ["SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"];
+        let Some(name) = NAMES.get(v as usize) else {
+            bail!("solver_type {v} is not a solver type");
+        };
+        if let Some(t) = &p.r#type {
+            if t != name {
+                bail!("the solver says type: \"{t}\" but solver_type says {name}; remove one");
+            }
+        }
+        info!("Upgrading solver_type {v} to type: \"{name}\"");
+        p.r#type = Some(name.to_string());
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(text: &str) -> NetParameter {
+        crema_proto::parse_text(text, "t", "caffe.NetParameter").unwrap()
+    }
+
+    #[test]
+    fn v1_layers_become_current_layers_with_param_specs() {
+        let n = net(r#"name: "x" layers { name: "c" type: CONVOLUTION bottom: "data" top: "c"
+            blobs_lr: 1 blobs_lr: 2 weight_decay: 1 weight_decay: 0 param: "w"
+            convolution_param { num_output: 3 kernel_size: 3 }
+            include { phase: TRAIN } }
+            layers { name: "l" type: SOFTMAX_LOSS bottom: "c" bottom: "label" }"#);
+        let u = upgrade_net(&n).unwrap();
+        assert!(u.layers.is_empty());
+        assert_eq!(u.layer[0].r#type(), "Convolution");
+        assert_eq!(u.layer[0].param.len(), 2);
+        assert_eq!(u.layer[0].param[0].name(), "w");
+        assert_eq!(u.layer[0].param[1].lr_mult(), 2.0);
+        assert_eq!(u.layer[0].param[1].decay_mult(), 0.0);
+        assert_eq!(u.layer[0].include.len(), 1);
+        assert_eq!(u.layer[1].r#type(), "SoftmaxWithLoss");
+    }
+
+    #[test]
+    fn input_dims_become_an_input_layer() {
+        let n = net(r#"input: "data" input_dim: 1 input_dim: 3 input_dim: 8 input_dim: 8
+            layer { name: "r" type: "ReLU" bottom: "data" top: "data" }"#);
+        let u = upgrade_net(&n).unwrap();
+        assert_eq!(u.layer[0].r#type(), "Input");
+        assert_eq!(u.layer[0].input_param.as_ref().unwrap().shape[0].dim, vec![1, 3, 8, 8]);
+        let bad = net(r#"input: "data" input_dim: 1 input_dim: 3"#);
+        assert!(upgrade_net(&bad).unwrap_err().to_string().contains("four (N, C, H, W)"));
+    }
+
+    #[test]
+    fn legacy_transform_fields_move_to_transform_param() {
+        let n = net(r#"layer { name: "d" type: "Data" top: "data" data_param { source: "x" batch_size: 4 scale: 0.5 crop_size: 3 mirror: true mean_file: "m" } }"#);
+        let u = upgrade_net(&n).unwrap();
+        let t = u.layer[0].transform_param.as_ref().unwrap();
+        assert_eq!((t.scale(), t.crop_size(), t.mirror(), t.mean_file()), (0.5, 3, true, "m"));
+        assert!(u.layer[0].data_param.as_ref().unwrap().scale.is_none());
+    }
+
+    #[test]
+    fn solver_type_enum_becomes_type_string() {
+        let p: crema_proto::caffe::SolverParameter =
+            crema_proto::parse_text("solver_type: ADAM base_lr: 0.1", "t", "caffe.SolverParameter").unwrap();
+        assert_eq!(upgrade_solver(&p).unwrap().r#type(), "Adam");
+    }
 }

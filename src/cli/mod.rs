@@ -1,5 +1,6 @@
 //! The command line: one module per subcommand; each parses its flags and calls the library.
 
+pub mod classify;
 pub mod common;
 pub mod compute_image_mean;
 pub mod convert_imageset;
@@ -8,6 +9,7 @@ pub mod log;
 pub mod test;
 pub mod time;
 pub mod train;
+pub mod upgrade;
 
 /// Rewrites Caffe's single-dash long flags (`-solver x`, `-resize_height=32`) into clap's
 /// `--solver x` / `--resize-height=32`, so existing scripts keep working.
