@@ -15,6 +15,7 @@ use crema_proto::caffe::param_spec::DimCheckMode;
 use crema_proto::caffe::{LayerParameter, NetParameter};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
+use crate::solver::lr::fmt_g;
 use tracing::info;
 
 /// One layer in the net with its wiring.
@@ -52,6 +53,8 @@ pub struct Net {
     blob_names: Vec<String>,
     outputs: Vec<usize>,
     params: Vec<Param>,
+    /// Log per-layer mean |data| and |diff| after every pass (Caffe's debug_info).
+    pub debug_info: bool,
 }
 
 impl Net {
@@ -72,6 +75,7 @@ impl Net {
             blob_names: vec![],
             outputs: vec![],
             params: vec![],
+            debug_info: param.debug_info(),
         };
         net.build(&param, param.force_backward())?;
         Ok(net)
@@ -179,7 +183,13 @@ impl Net {
             }
             let mut need_backward = false;
             for k in 0..nblobs {
-                let spec = lp.param.get(k).cloned().unwrap_or_default();
+                let mut spec = lp.param.get(k).cloned().unwrap_or_default();
+                if kind == "BatchNorm" {
+                    // Its blobs are running statistics, not weights: Caffe never lets the solver
+                    // touch them, whatever the prototxt says.
+                    spec.lr_mult = Some(0.0);
+                    spec.decay_mult = Some(0.0);
+                }
                 let pname = spec.name().to_string();
                 if spec.lr_mult() != 0.0 {
                     need_backward = true;
@@ -300,6 +310,16 @@ impl Net {
             let wrap = |e: Error| e.in_layer(&l.name, &l.kind);
             l.layer.reshape(&cx, &bb, &tb).map_err(wrap)?;
             l.layer.forward(&cx, &bb, &tb).map_err(wrap)?;
+            if self.debug_info {
+                for (t, &ti) in tb.iter().zip(&l.tops) {
+                    let m = engine.asum(&t.data()) / t.count().max(1) as f32;
+                    info!("    [Forward] Layer {}, top blob {} data: {}", l.name, self.blob_names[ti], fmt_g(m));
+                }
+                for (k, p) in l.blobs.iter().enumerate() {
+                    let m = engine.asum(&p.data()) / p.count().max(1) as f32;
+                    info!("    [Forward] Layer {}, param blob {k} data: {}", l.name, fmt_g(m));
+                }
+            }
             for (t, w) in tb.iter().zip(&l.loss_weights) {
                 if *w != 0.0 {
                     let v: f32 = t.data_to_vec(&*engine).iter().sum();
@@ -334,7 +354,20 @@ impl Net {
             }
         }
         let wrap = |e: Error| e.in_layer(&l.name, &l.kind);
-        l.layer.backward(&cx, &tb, &l.bottom_need_backward, &bb).map_err(wrap)
+        l.layer.backward(&cx, &tb, &l.bottom_need_backward, &bb).map_err(wrap)?;
+        if self.debug_info {
+            for ((b, &bi), need) in bb.iter().zip(&l.bottoms).zip(&l.bottom_need_backward) {
+                if *need {
+                    let m = engine.asum(&b.diff()) / b.count().max(1) as f32;
+                    info!("    [Backward] Layer {}, bottom blob {} diff: {}", l.name, self.blob_names[bi], fmt_g(m));
+                }
+            }
+            for (k, p) in l.blobs.iter().enumerate() {
+                let m = engine.asum(&p.diff()) / p.count().max(1) as f32;
+                info!("    [Backward] Layer {}, param blob {k} diff: {}", l.name, fmt_g(m));
+            }
+        }
+        Ok(())
     }
 
     /// Zeroes every learnable parameter's gradient.
@@ -382,7 +415,7 @@ impl Net {
                     .flat_map(|l| l.tops.iter().zip(&l.loss_weights))
                     .filter(|(t, _)| *t == o)
                     .map(|(_, w)| *w)
-                    .last()
+                    .next_back()
                     .unwrap_or(0.0)
             })
             .collect()

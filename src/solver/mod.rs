@@ -226,7 +226,8 @@ impl Solver {
         train_state.level += choices.level;
         train_state.stages.extend(choices.stages.iter().cloned());
         info!("Creating training net");
-        let net = Net::new(&train_param, &train_state, engine.clone())?;
+        let mut net = Net::new(&train_param, &train_state, engine.clone())?;
+        net.debug_info |= param.debug_info();
         // Test nets: explicit ones first, then instances of the generic net for the remaining test_iter entries.
         let mut test_params: Vec<NetParameter> = param.test_net_param.clone();
         for f in &param.test_net {
