@@ -18,16 +18,52 @@ pub struct EngineArgs {
     pub level: i32,
 }
 
-/// The engine to run on. The CUDA engine is not built yet: a GPU request falls back to the CPU
-/// with a warning rather than failing.
-pub fn engine(args: &EngineArgs, solver_wants_gpu: bool) -> Rc<dyn Engine> {
-    if args.gpu.is_some() || solver_wants_gpu {
-        tracing::warn!(
-            "this build of crema has no GPU engine yet; running on the CPU ({} threads)",
-            rayon::current_num_threads()
-        );
+/// The engine to run on. `--gpu N` picks the CUDA engine on device N and is an error when that
+/// cannot be had; the solver's `solver_mode: GPU` (`solver_device`, its `device_id`) falls back to
+/// the CPU with a warning, as a prototxt written for another machine should still run.
+pub fn engine(args: &EngineArgs, solver_device: Option<usize>) -> Result<Rc<dyn Engine>, String> {
+    if let Some(spec) = &args.gpu {
+        let id = parse_gpu(spec)?;
+        return cuda_engine(id).map_err(|e| format!("--gpu {spec}: {e}"));
     }
-    Rc::new(CpuEngine::new())
+    if let Some(id) = solver_device {
+        match cuda_engine(id) {
+            Ok(e) => return Ok(e),
+            Err(e) => tracing::warn!(
+                "solver_mode: GPU asks for GPU {id}, but {e}; running on the CPU ({} threads)",
+                rayon::current_num_threads()
+            ),
+        }
+    }
+    Ok(Rc::new(CpuEngine::new()))
+}
+
+/// The device of `--gpu`: `N`, the first of `N,M,...` (one GPU per process for now), or `all` = 0.
+fn parse_gpu(spec: &str) -> Result<usize, String> {
+    if spec.eq_ignore_ascii_case("all") {
+        return Ok(0);
+    }
+    let ids: Vec<&str> = spec.split(',').map(str::trim).collect();
+    let first = ids[0]
+        .parse::<usize>()
+        .map_err(|_| format!("--gpu `{spec}` is not a GPU id; give e.g. `0`, `0,1` or `all`"))?;
+    if ids.len() > 1 {
+        tracing::warn!("--gpu {spec}: crema trains on one GPU per process; using GPU {first}");
+    }
+    Ok(first)
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_engine(id: usize) -> Result<Rc<dyn Engine>, String> {
+    let e = crema::engine::cuda::CudaEngine::new(id)?;
+    Ok(Rc::new(e))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_engine(_id: usize) -> Result<Rc<dyn Engine>, String> {
+    Err("this build of crema has no GPU engine (it was built without the `cuda` feature; rebuild with \
+         `cargo build --release --features cuda`)"
+        .to_string())
 }
 
 /// Parses a phase name as Caffe's -phase flag does.

@@ -5,6 +5,7 @@ pub mod common;
 pub mod compute_image_mean;
 pub mod convert_imageset;
 pub mod convert_mnist;
+pub mod device_query;
 pub mod log;
 pub mod test;
 pub mod time;

@@ -26,7 +26,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let engine = engine(&args.engine, false);
+    let engine = engine(&args.engine, None)?;
     let state = State { phase: args.phase, level: args.engine.level, stages: args.engine.stage.clone() };
     let mut net = net_from_file(&args.model, &state, engine.clone())?;
     match &args.weights {

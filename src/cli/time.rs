@@ -29,9 +29,9 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let engine = engine(&args.engine, false);
+    let engine = engine(&args.engine, None)?;
     let state = State { phase: args.phase, level: args.engine.level, stages: args.engine.stage.clone() };
-    let mut net = net_from_file(&args.model, &state, engine)?;
+    let mut net = net_from_file(&args.model, &state, engine.clone())?;
     if let Some(w) = &args.weights {
         net.copy_trained_layers_from(w)?;
     }
@@ -53,6 +53,7 @@ pub fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         for (i, f) in fwd.iter_mut().enumerate() {
             let s = Instant::now();
             net.forward_range(i, i + 1)?;
+            engine.synchronize(); // a GPU engine queues work: time its completion
             *f += s.elapsed().as_secs_f64() * 1e3;
         }
         total_f += t.elapsed().as_secs_f64() * 1e3;
@@ -61,6 +62,7 @@ pub fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             for i in (0..n).rev() {
                 let s = Instant::now();
                 net.backward_layer(i)?;
+                engine.synchronize();
                 bwd[i] += s.elapsed().as_secs_f64() * 1e3;
             }
             total_b += t.elapsed().as_secs_f64() * 1e3;

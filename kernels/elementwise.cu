@@ -1,0 +1,132 @@
+// Fills, copies, BLAS-1 style elementwise ops, reductions, bias, eltwise max, solver updates.
+
+extern "C" __global__ void fill_f32(u64 n, float v, float* y) {
+  CUDA_LOOP(i, n) y[i] = v;
+}
+
+// dst[dst_off + b*dst_stride + j] (+)= src[src_off + b*src_stride + j] for b < nb, j < block.
+extern "C" __global__ void copy_blocks_f32(u64 nb, u64 block, const float* src, u64 src_off, u64 src_stride,
+                                           float* dst, u64 dst_off, u64 dst_stride, int accumulate) {
+  CUDA_LOOP(i, nb * block) {
+    u64 b = i / block, j = i % block;
+    float v = src[src_off + b * src_stride + j];
+    float* d = dst + dst_off + b * dst_stride + j;
+    *d = accumulate ? *d + v : v;
+  }
+}
+
+extern "C" __global__ void axpby_f32(u64 n, float alpha, const float* x, float beta, float* y) {
+  // beta == 0 overwrites, so NaN/garbage in y never leaks through 0 * y.
+  CUDA_LOOP(i, n) y[i] = beta == 0.0f ? alpha * x[i] : alpha * x[i] + beta * y[i];
+}
+
+extern "C" __global__ void scale_f32(u64 n, float alpha, float* y) {
+  CUDA_LOOP(i, n) y[i] *= alpha;
+}
+
+// y = a * b; `a` may be y itself (in place).
+extern "C" __global__ void mul_f32(u64 n, const float* a, const float* b, float* y) {
+  CUDA_LOOP(i, n) y[i] = a[i] * b[i];
+}
+
+extern "C" __global__ void div_f32(u64 n, const float* a, const float* b, float* y) {
+  CUDA_LOOP(i, n) y[i] = a[i] / b[i];
+}
+
+extern "C" __global__ void add_sign_f32(u64 n, float alpha, const float* x, float* y) {
+  CUDA_LOOP(i, n) {
+    float s = x[i] > 0.0f ? 1.0f : (x[i] < 0.0f ? -1.0f : 0.0f);
+    y[i] += alpha * s;
+  }
+}
+
+// Per-block partial sums in double (as the CPU engine sums in f64): mode 0 dot, 1 asum, 2 sumsq.
+// Launched with 256 threads per block; partials[blockIdx.x] receives the block's sum.
+extern "C" __global__ void reduce_f64(u64 n, int mode, const float* x, const float* y, double* partials) {
+  __shared__ double s[256];
+  double acc = 0.0;
+  CUDA_LOOP(i, n) {
+    double a = (double)x[i];
+    acc += mode == 0 ? a * (double)y[i] : (mode == 1 ? fabs(a) : a * a);
+  }
+  s[threadIdx.x] = acc;
+  __syncthreads();
+  for (unsigned w = blockDim.x / 2; w > 0; w >>= 1) {
+    if (threadIdx.x < w) s[threadIdx.x] += s[threadIdx.x + w];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) partials[blockIdx.x] = s[0];
+}
+
+// y[o, i] = alpha * sum_c x[o, c, i] + beta * y[o, i]
+extern "C" __global__ void sum_axis_f32(u64 outer, u64 ch, u64 inner, float alpha, const float* x, float beta,
+                                        float* y) {
+  CUDA_LOOP(k, outer * inner) {
+    u64 o = k / inner, i = k % inner;
+    float s = 0.0f;
+    for (u64 c = 0; c < ch; ++c) s += x[(o * ch + c) * inner + i];
+    y[k] = alpha * s + (beta == 0.0f ? 0.0f : beta * y[k]);
+  }
+}
+
+extern "C" __global__ void bias_fwd_f32(u64 outer, u64 ch, u64 inner, const float* b, float* y) {
+  CUDA_LOOP(k, outer * ch * inner) y[k] += b[(k / inner) % ch];
+}
+
+// One block per channel: db[c] += sum over (o, i) of dy[o, c, i]. 256 threads per block.
+extern "C" __global__ void bias_bwd_f32(u64 outer, u64 ch, u64 inner, const float* dy, float* db) {
+  __shared__ float s[256];
+  u64 c = blockIdx.x;
+  float acc = 0.0f;
+  for (u64 k = threadIdx.x; k < outer * inner; k += blockDim.x) {
+    u64 o = k / inner, i = k % inner;
+    acc += dy[(o * ch + c) * inner + i];
+  }
+  s[threadIdx.x] = acc;
+  __syncthreads();
+  for (unsigned w = blockDim.x / 2; w > 0; w >>= 1) {
+    if (threadIdx.x < w) s[threadIdx.x] += s[threadIdx.x + w];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) db[c] += s[0];
+}
+
+extern "C" __global__ void max_accumulate_f32(u64 n, const float* x, float index, int first, float* y, float* arg) {
+  CUDA_LOOP(i, n) {
+    if (first || x[i] > y[i]) {
+      y[i] = x[i];
+      arg[i] = index;
+    }
+  }
+}
+
+extern "C" __global__ void max_route_bwd_f32(u64 n, const float* arg, u64 index, const float* dy, float* dx) {
+  CUDA_LOOP(i, n) dx[i] = (u64)arg[i] == index ? dy[i] : 0.0f;
+}
+
+extern "C" __global__ void sgd_update_f32(u64 n, float lr, float momentum, const float* g, float* h, float* w) {
+  CUDA_LOOP(i, n) {
+    float v = momentum * h[i] + lr * g[i];
+    h[i] = v;
+    w[i] -= v;
+  }
+}
+
+// Counter-based RNG (splitmix64 finaliser): draw `counter + i` of stream `seed`, no state per thread.
+__device__ __forceinline__ float uniform01(u64 seed, u64 counter) {
+  u64 z = seed + (counter + 1) * 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return (float)(z >> 40) * (1.0f / 16777216.0f);
+}
+
+// mask = u > ratio ? scale : 0; y = x * mask (x may be y).
+extern "C" __global__ void dropout_f32(u64 n, float ratio, float scale, u64 seed, u64 counter, const float* x,
+                                       float* y, float* mask) {
+  CUDA_LOOP(i, n) {
+    float m = uniform01(seed, counter + i) > ratio ? scale : 0.0f;
+    mask[i] = m;
+    y[i] = x[i] * m;
+  }
+}

@@ -1,0 +1,99 @@
+// Pooling with Caffe's exact windows (engine::cpu::pool_window is the specification): MAX keeps the
+// first maximum (strict >), AVE divides by the window clipped at H+pad, W+pad (padding counts).
+
+struct PoolG {
+  int in_h, in_w, out_h, out_w, kh, kw, sh, sw, ph, pw;
+};
+
+// Window of output (py, px): [hs, he) x [ws, we) inside the image; size is AVE's divisor.
+__device__ void pool_window(const PoolG& g, int ave, int py, int px, int& hs, int& he, int& ws, int& we,
+                            int& size) {
+  hs = py * g.sh - g.ph;
+  ws = px * g.sw - g.pw;
+  he = hs + g.kh;
+  we = ws + g.kw;
+  size = 0;
+  if (ave) {
+    he = min(he, g.in_h + g.ph);
+    we = min(we, g.in_w + g.pw);
+    size = (he - hs) * (we - ws);
+  }
+  hs = max(hs, 0);
+  ws = max(ws, 0);
+  he = max(min(he, g.in_h), hs);
+  we = max(min(we, g.in_w), ws);
+}
+
+__device__ int window_argmax(const float* xp, const PoolG& g, int hs, int he, int ws, int we) {
+  float best = -CREMA_FLT_MAX;
+  int arg = -1;
+  for (int y = hs; y < he; ++y)
+    for (int x = ws; x < we; ++x) {
+      int i = y * g.in_w + x;
+      if (arg < 0 || xp[i] > best) {
+        best = xp[i];
+        arg = i;
+      }
+    }
+  return arg;
+}
+
+// One thread per output element; planes = N*C.
+extern "C" __global__ void pool_fwd_f32(u64 planes, int in_h, int in_w, int out_h, int out_w, int kh, int kw,
+                                        int sh, int sw, int ph, int pw, int ave, const float* x, float* y) {
+  PoolG g = {in_h, in_w, out_h, out_w, kh, kw, sh, sw, ph, pw};
+  u64 op = (u64)out_h * out_w, ip = (u64)in_h * in_w;
+  CUDA_LOOP(k, planes * op) {
+    u64 plane = k / op;
+    int r = (int)(k % op), py = r / out_w, px = r % out_w;
+    const float* xp = x + plane * ip;
+    int hs, he, ws, we, size;
+    pool_window(g, ave, py, px, hs, he, ws, we, size);
+    if (ave) {
+      float s = 0.0f;
+      for (int yy = hs; yy < he; ++yy) {
+        float row = 0.0f;
+        for (int xx = ws; xx < we; ++xx) row += xp[yy * in_w + xx];
+        s += row;
+      }
+      y[k] = s / (float)size;
+    } else {
+      int a = window_argmax(xp, g, hs, he, ws, we);
+      y[k] = a < 0 ? -CREMA_FLT_MAX : xp[a];
+    }
+  }
+}
+
+// One thread per input element: gathers from every output whose window holds it, in output order
+// (the CPU's accumulation order), so no atomics and a deterministic result.
+extern "C" __global__ void pool_bwd_f32(u64 planes, int in_h, int in_w, int out_h, int out_w, int kh, int kw,
+                                        int sh, int sw, int ph, int pw, int ave, const float* x, const float* dy,
+                                        float* dx) {
+  PoolG g = {in_h, in_w, out_h, out_w, kh, kw, sh, sw, ph, pw};
+  u64 op = (u64)out_h * out_w, ip = (u64)in_h * in_w;
+  CUDA_LOOP(k, planes * ip) {
+    u64 plane = k / ip;
+    int r = (int)(k % ip), h = r / in_w, w = r % in_w;
+    const float* xp = x + plane * ip;
+    const float* dyp = dy + plane * op;
+    // Outputs whose unclipped window [p*s - pad, p*s - pad + k) covers h.
+    int py0 = h + ph < kh ? 0 : (h + ph - kh) / sh + 1;
+    int py1 = min((h + ph) / sh + 1, out_h);
+    int px0 = w + pw < kw ? 0 : (w + pw - kw) / sw + 1;
+    int px1 = min((w + pw) / sw + 1, out_w);
+    float acc = 0.0f;
+    for (int py = py0; py < py1; ++py)
+      for (int px = px0; px < px1; ++px) {
+        int hs, he, ws, we, size;
+        pool_window(g, ave, py, px, hs, he, ws, we, size);
+        if (h < hs || h >= he || w < ws || w >= we) continue;
+        float d = dyp[py * out_w + px];
+        if (ave) {
+          acc += d / (float)size;
+        } else if (window_argmax(xp, g, hs, he, ws, we) == r) {
+          acc += d;
+        }
+      }
+    dx[k] = acc;
+  }
+}

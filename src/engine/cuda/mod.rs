@@ -1,0 +1,995 @@
+//! The CUDA engine: cuDNN convolutions, cuBLAS gemm, and crema's NVRTC kernels (kernels/*.cu) for
+//! everything else. Buffers live on one device; host copies happen only in upload/download.
+//!
+//! Math is strict fp32 by default (cuBLAS without TF32, cuDNN restricted to FMA algorithms), so
+//! results match the CPU engine to rounding; `CREMA_TF32=1` allows TF32 tensor cores.
+//! The [`Engine`] trait is infallible, so a CUDA failure in the middle of an operation panics with
+//! a message naming the operation; everything that can be checked up front (libraries, device,
+//! kernel compilation) is checked in [`CudaEngine::new`] and returned as an error.
+
+mod conv;
+mod kernels;
+mod loader;
+
+use super::{Activation, Buffer, ConvGeom, Engine, LrnParams, PoolGeom, PoolMethod};
+use conv::ConvPlan;
+use cudarc::cublas::{sys as blas_sys, CudaBlas};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
+use kernels::{grid_for, Arg, Kernels};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+pub use loader::ensure_libraries;
+
+/// Runs every operation on one NVIDIA GPU.
+pub struct CudaEngine {
+    // Field order is drop order: device memory and descriptors before the handles and context.
+    plans: RefCell<HashMap<ConvGeom, Rc<ConvPlan>>>,
+    workspace: RefCell<Option<CudaSlice<u8>>>,
+    kernels: Kernels,
+    dnn: conv::Handle,
+    blas: CudaBlas,
+    stream: Arc<CudaStream>,
+    ctx: Arc<CudaContext>,
+    ordinal: usize,
+    strict_fp32: bool,
+    seed: Cell<u64>,
+    draws: Cell<u64>,
+}
+
+/// What `crema device-query` prints about one GPU.
+#[derive(Debug, Clone)]
+pub struct DeviceInfo {
+    pub ordinal: usize,
+    pub name: String,
+    pub total_mem: usize,
+    pub free_mem: usize,
+    pub compute_capability: (i32, i32),
+    pub multiprocessors: i32,
+}
+
+/// Library versions, as (major, minor, patch).
+#[derive(Debug, Clone)]
+pub struct Versions {
+    pub driver: (i32, i32),
+    pub cudnn: (usize, usize, usize),
+    pub cublas: (i32, i32, i32),
+    pub nvrtc: (i32, i32),
+}
+
+/// Number of CUDA devices, after checking that the libraries load.
+pub fn device_count() -> Result<usize, String> {
+    ensure_libraries()?;
+    CudaContext::device_count()
+        .map(|n| n.max(0) as usize)
+        .map_err(|e| format!("the CUDA driver reports no usable GPU: {e}"))
+}
+
+/// Describes every GPU and the library versions (for `crema device-query`).
+pub fn query() -> Result<(Versions, Vec<DeviceInfo>), String> {
+    let n = device_count()?;
+    let mut infos = Vec::new();
+    for i in 0..n {
+        let ctx = CudaContext::new(i).map_err(|e| format!("opening GPU {i}: {e}"))?;
+        let (free_mem, total_mem) = ctx.mem_get_info().map_err(|e| e.to_string())?;
+        let sm = cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT;
+        infos.push(DeviceInfo {
+            ordinal: i,
+            name: ctx.name().map_err(|e| e.to_string())?,
+            total_mem,
+            free_mem,
+            compute_capability: ctx.compute_capability().map_err(|e| e.to_string())?,
+            multiprocessors: ctx.attribute(sm).unwrap_or(0),
+        });
+    }
+    let mut drv = 0;
+    // SAFETY: the driver library is loaded (ensure_libraries) and `drv` is a valid out-pointer.
+    unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut drv) };
+    let cudnn = cudarc::cudnn::result::get_version();
+    let (mut nv_major, mut nv_minor) = (0, 0);
+    // SAFETY: NVRTC is loaded; out-pointers are valid.
+    unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut nv_major, &mut nv_minor) };
+    let cublas = if n > 0 {
+        let ctx = CudaContext::new(0).map_err(|e| e.to_string())?;
+        let blas = CudaBlas::new(ctx.default_stream()).map_err(|e| format!("cublasCreate: {e}"))?;
+        let mut v = 0;
+        // SAFETY: `blas` holds a live handle; `v` is a valid out-pointer.
+        unsafe { blas_sys::cublasGetVersion_v2(*blas.handle(), &mut v) };
+        (v / 10000, (v % 10000) / 100, v % 100)
+    } else {
+        (0, 0, 0)
+    };
+    let versions = Versions {
+        driver: (drv / 1000, (drv % 1000) / 10),
+        cudnn: (cudnn / 10000, (cudnn % 10000) / 100, cudnn % 100),
+        cublas,
+        nvrtc: (nv_major, nv_minor),
+    };
+    Ok((versions, infos))
+}
+
+/// The (kind, p0, p1, p2) an activation passes to kernels/activation.cu.
+fn act_code(f: Activation) -> (i32, f32, f32, f32) {
+    match f {
+        Activation::Relu { negative_slope } => (0, negative_slope, 0.0, 0.0),
+        Activation::Sigmoid => (1, 0.0, 0.0, 0.0),
+        Activation::TanH => (2, 0.0, 0.0, 0.0),
+        Activation::Elu { alpha } => (3, alpha, 0.0, 0.0),
+        Activation::AbsVal => (4, 0.0, 0.0, 0.0),
+        Activation::Bnll => (5, 0.0, 0.0, 0.0),
+        Activation::Power {
+            power,
+            scale,
+            shift,
+        } => (6, power, scale, shift),
+        Activation::Exp { base, scale, shift } => (7, base, scale, shift),
+        Activation::Log { base, scale, shift } => (8, base, scale, shift),
+        Activation::Clip { min, max } => (9, min, max, 0.0),
+        Activation::Swish { beta } => (10, beta, 0.0, 0.0),
+        Activation::Threshold { threshold } => (11, threshold, 0.0, 0.0),
+    }
+}
+
+fn dev(b: &Buffer) -> &CudaSlice<f32> {
+    match b {
+        Buffer::Device(s) => s,
+        Buffer::Host(_) => panic!("the CUDA engine was handed a host buffer (engines were mixed)"),
+    }
+}
+
+fn u(v: usize) -> Arg {
+    Arg::U64(v as u64)
+}
+fn i(v: usize) -> Arg {
+    Arg::I32(v as i32)
+}
+fn f(v: f32) -> Arg {
+    Arg::F32(v)
+}
+
+impl CudaEngine {
+    /// Opens GPU `ordinal`: checks the libraries, creates the context, cuBLAS and cuDNN handles on
+    /// one stream, and loads the kernels (compiling them on the process's first engine).
+    pub fn new(ordinal: usize) -> Result<Self, String> {
+        let n = device_count()?;
+        if ordinal >= n {
+            return Err(format!(
+                "GPU {ordinal} does not exist: this machine has {n} CUDA device(s)"
+            ));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| format!("opening GPU {ordinal}: {e}"))?;
+        // SAFETY: the engine uses a single stream, so cudarc's cross-stream event tracking is
+        // unnecessary; every buffer is created after this call.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let strict_fp32 = std::env::var("CREMA_TF32")
+            .map(|v| v != "1")
+            .unwrap_or(true);
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| format!("cublasCreate: {e}"))?;
+        let mode = if strict_fp32 {
+            blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH
+        } else {
+            blas_sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
+        };
+        // SAFETY: `blas` holds a live handle.
+        unsafe { blas_sys::cublasSetMathMode(*blas.handle(), mode) }
+            .result()
+            .map_err(|e| format!("cublasSetMathMode: {e}"))?;
+        let dnn = conv::Handle::new(stream.cu_stream() as _)?;
+        let kernels = Kernels::load(&ctx)?;
+        Ok(CudaEngine {
+            plans: RefCell::new(HashMap::new()),
+            workspace: RefCell::new(None),
+            kernels,
+            dnn,
+            blas,
+            stream,
+            ctx,
+            ordinal,
+            strict_fp32,
+            seed: Cell::new(0x5eed),
+            draws: Cell::new(0),
+        })
+    }
+
+    /// Device address of a buffer's first element.
+    fn p(&self, b: &Buffer) -> u64 {
+        let (ptr, _sync) = dev(b).device_ptr(&self.stream);
+        ptr
+    }
+
+    fn launch(&self, name: &'static str, n: usize, args: &[Arg]) {
+        if n > 0 {
+            self.kernels.launch(&self.stream, name, grid_for(n), args);
+        }
+    }
+
+    fn bind(&self) {
+        if let Err(e) = self.ctx.bind_to_thread() {
+            panic!(
+                "CUDA: cannot make GPU {} current on this thread: {e}",
+                self.ordinal
+            );
+        }
+    }
+
+    /// Σ over x (and y) in double, as the CPU engine sums: mode 0 dot, 1 asum, 2 sumsq.
+    fn reduce(&self, mode: i32, x: &Buffer, y: &Buffer, n: usize) -> f32 {
+        if n == 0 {
+            return 0.0;
+        }
+        let blocks = grid_for(n).min(1024) as usize;
+        let partials: CudaSlice<f64> = self
+            .stream
+            .alloc_zeros(blocks)
+            .unwrap_or_else(|e| panic!("CUDA reduction: allocating partial sums: {e}"));
+        let (pp, _s) = partials.device_ptr(&self.stream);
+        let args = [
+            u(n),
+            Arg::I32(mode),
+            Arg::U64(self.p(x)),
+            Arg::U64(self.p(y)),
+            Arg::U64(pp),
+        ];
+        self.kernels
+            .launch(&self.stream, "reduce_f64", blocks as u32, &args);
+        let host = self
+            .stream
+            .clone_dtoh(&partials)
+            .unwrap_or_else(|e| panic!("CUDA reduction: copying partial sums: {e}"));
+        host.iter().sum::<f64>() as f32
+    }
+
+    /// The cached plan of a convolution geometry, choosing algorithms on first use.
+    fn plan(&self, g: &ConvGeom) -> Rc<ConvPlan> {
+        if let Some(p) = self.plans.borrow().get(g) {
+            return p.clone();
+        }
+        self.bind();
+        // Budget: half of what is free now, at most 4 GiB, shared by all directions.
+        let free = self.ctx.mem_get_info().map(|(f, _)| f).unwrap_or(0);
+        let limit = (free / 2).min(4 << 30);
+        let plan = ConvPlan::new(&self.dnn, g, self.strict_fp32, limit)
+            .unwrap_or_else(|e| panic!("cuDNN: planning convolution {g:?}: {e}"));
+        tracing::debug!("cuDNN algorithms for {g:?}: {}", plan.describe());
+        let plan = Rc::new(plan);
+        self.plans.borrow_mut().insert(*g, plan.clone());
+        plan
+    }
+
+    /// A workspace of at least `bytes`, grown on demand and kept: (address, size).
+    fn workspace(&self, bytes: usize) -> (u64, usize) {
+        if bytes == 0 {
+            return (0, 0);
+        }
+        let mut ws = self.workspace.borrow_mut();
+        if ws.as_ref().is_none_or(|w| w.len() < bytes) {
+            *ws = None;
+            let w = self
+                .stream
+                .alloc_zeros::<u8>(bytes)
+                .unwrap_or_else(|e| self.oom("cuDNN workspace", bytes, e));
+            *ws = Some(w);
+        }
+        let w = ws.as_ref().expect("workspace was just allocated");
+        let (ptr, _s) = w.device_ptr(&self.stream);
+        (ptr, w.len())
+    }
+
+    fn oom(&self, what: &str, bytes: usize, e: impl std::fmt::Display) -> ! {
+        let (free, total) = self.ctx.mem_get_info().unwrap_or((0, 0));
+        panic!(
+            "GPU {} out of memory allocating {what}: asked for {:.1} MiB, {:.1} MiB free of {:.1} MiB ({e}); \
+             use a smaller batch_size and raise iter_size to keep the effective batch",
+            self.ordinal,
+            bytes as f64 / 1048576.0,
+            free as f64 / 1048576.0,
+            total as f64 / 1048576.0
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn blocks(
+        &self,
+        n_blocks: usize,
+        block: usize,
+        src: &Buffer,
+        src_off: usize,
+        src_stride: usize,
+        dst: &Buffer,
+        dst_off: usize,
+        dst_stride: usize,
+        acc: bool,
+    ) {
+        let n = n_blocks * block;
+        if n == 0 {
+            return;
+        }
+        let contiguous = n_blocks == 1 || (src_stride == block && dst_stride == block);
+        if !acc && contiguous {
+            self.bind();
+            let (s, d) = (
+                self.p(src) + 4 * src_off as u64,
+                self.p(dst) + 4 * dst_off as u64,
+            );
+            // SAFETY: both ranges lie inside live device buffers (the layer computed the offsets
+            // from the blobs' shapes, as for the CPU engine, which bounds-checks them).
+            unsafe {
+                cudarc::driver::result::memcpy_dtod_async(d, s, 4 * n, self.stream.cu_stream())
+            }
+            .unwrap_or_else(|e| panic!("CUDA copy of {n} floats: {e}"));
+            return;
+        }
+        let args = [
+            u(n_blocks),
+            u(block),
+            Arg::U64(self.p(src)),
+            u(src_off),
+            u(src_stride),
+            Arg::U64(self.p(dst)),
+            u(dst_off),
+            u(dst_stride),
+            Arg::I32(acc as i32),
+        ];
+        self.launch("copy_blocks_f32", n, &args);
+    }
+
+    fn pool_args(g: &PoolGeom, method: PoolMethod) -> [Arg; 12] {
+        [
+            u(g.num * g.channels),
+            i(g.in_h),
+            i(g.in_w),
+            i(g.out_h),
+            i(g.out_w),
+            i(g.kernel_h),
+            i(g.kernel_w),
+            i(g.stride_h),
+            i(g.stride_w),
+            i(g.pad_h),
+            i(g.pad_w),
+            Arg::I32((method == PoolMethod::Ave) as i32),
+        ]
+    }
+
+    /// A scratch device buffer (freed in stream order when dropped).
+    fn scratch(&self, n: usize) -> Buffer {
+        self.alloc(n)
+    }
+}
+
+impl Engine for CudaEngine {
+    fn name(&self) -> String {
+        format!("CUDA:{}", self.ordinal)
+    }
+
+    fn alloc(&self, n: usize) -> Buffer {
+        let r = if n == 0 {
+            self.stream.null()
+        } else {
+            self.stream.alloc_zeros::<f32>(n)
+        };
+        Buffer::Device(r.unwrap_or_else(|e| self.oom("a blob", n * 4, e)))
+    }
+
+    fn download(&self, buf: &Buffer) -> Vec<f32> {
+        let s = dev(buf);
+        if s.is_empty() {
+            return Vec::new();
+        }
+        self.stream
+            .clone_dtoh(s)
+            .unwrap_or_else(|e| panic!("CUDA download of {} floats: {e}", s.len()))
+    }
+
+    fn upload(&self, src: &[f32], dst: &mut Buffer) {
+        if src.is_empty() {
+            return;
+        }
+        let Buffer::Device(d) = dst else {
+            panic!("the CUDA engine was handed a host buffer")
+        };
+        assert!(
+            src.len() <= d.len(),
+            "upload of {} values into a buffer of {}",
+            src.len(),
+            d.len()
+        );
+        let mut view = d.slice_mut(..src.len());
+        self.stream
+            .memcpy_htod(src, &mut view)
+            .unwrap_or_else(|e| panic!("CUDA upload of {} floats: {e}", src.len()));
+    }
+
+    fn fill(&self, value: f32, dst: &mut Buffer) {
+        let n = dst.len();
+        self.launch("fill_f32", n, &[u(n), f(value), Arg::U64(self.p(dst))]);
+    }
+
+    fn copy_blocks(
+        &self,
+        n_blocks: usize,
+        block: usize,
+        src: &Buffer,
+        src_off: usize,
+        src_stride: usize,
+        dst: &mut Buffer,
+        dst_off: usize,
+        dst_stride: usize,
+    ) {
+        self.blocks(
+            n_blocks, block, src, src_off, src_stride, dst, dst_off, dst_stride, false,
+        );
+    }
+
+    fn add_blocks(
+        &self,
+        n_blocks: usize,
+        block: usize,
+        src: &Buffer,
+        src_off: usize,
+        src_stride: usize,
+        dst: &mut Buffer,
+        dst_off: usize,
+        dst_stride: usize,
+    ) {
+        self.blocks(
+            n_blocks, block, src, src_off, src_stride, dst, dst_off, dst_stride, true,
+        );
+    }
+
+    fn gemm(
+        &self,
+        trans_a: bool,
+        trans_b: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f32,
+        a: (&Buffer, usize),
+        b: (&Buffer, usize),
+        beta: f32,
+        c: (&mut Buffer, usize),
+    ) {
+        if m == 0 || n == 0 {
+            return;
+        }
+        assert!(
+            a.0.len() >= a.1 + m * k && b.0.len() >= b.1 + k * n && c.0.len() >= c.1 + m * n,
+            "gemm operand too small"
+        );
+        self.bind();
+        // Row-major C = op(A) op(B) is column-major Cᵀ = op(B)ᵀ op(A)ᵀ: swap the operands.
+        let op = |t: bool| {
+            if t {
+                blas_sys::cublasOperation_t::CUBLAS_OP_T
+            } else {
+                blas_sys::cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        let lda = if trans_a { m } else { k };
+        let ldb = if trans_b { k } else { n };
+        let pa = (self.p(a.0) + 4 * a.1 as u64) as *const f32;
+        let pb = (self.p(b.0) + 4 * b.1 as u64) as *const f32;
+        let pc = (self.p(c.0) + 4 * c.1 as u64) as *mut f32;
+        // SAFETY: the assert above bounds every matrix inside its live device buffer; alpha and
+        // beta are host scalars (cuBLAS's default pointer mode).
+        let r = unsafe {
+            blas_sys::cublasSgemm_v2(
+                *self.blas.handle(),
+                op(trans_b),
+                op(trans_a),
+                n as i32,
+                m as i32,
+                k as i32,
+                &alpha,
+                pb,
+                ldb.max(1) as i32,
+                pa,
+                lda.max(1) as i32,
+                &beta,
+                pc,
+                n as i32,
+            )
+        };
+        r.result()
+            .unwrap_or_else(|e| panic!("cuBLAS sgemm {m}x{n}x{k}: {e}"));
+    }
+
+    fn axpby(&self, alpha: f32, x: &Buffer, beta: f32, y: &mut Buffer) {
+        let n = x.len().min(y.len());
+        self.launch(
+            "axpby_f32",
+            n,
+            &[
+                u(n),
+                f(alpha),
+                Arg::U64(self.p(x)),
+                f(beta),
+                Arg::U64(self.p(y)),
+            ],
+        );
+    }
+
+    fn scale(&self, alpha: f32, y: &mut Buffer) {
+        let n = y.len();
+        self.launch("scale_f32", n, &[u(n), f(alpha), Arg::U64(self.p(y))]);
+    }
+
+    fn mul(&self, a: Option<&Buffer>, b: &Buffer, y: &mut Buffer) {
+        let n = y.len();
+        let pa = self.p(a.unwrap_or(y));
+        self.launch(
+            "mul_f32",
+            n,
+            &[u(n), Arg::U64(pa), Arg::U64(self.p(b)), Arg::U64(self.p(y))],
+        );
+    }
+
+    fn div(&self, a: Option<&Buffer>, b: &Buffer, y: &mut Buffer) {
+        let n = y.len();
+        let pa = self.p(a.unwrap_or(y));
+        self.launch(
+            "div_f32",
+            n,
+            &[u(n), Arg::U64(pa), Arg::U64(self.p(b)), Arg::U64(self.p(y))],
+        );
+    }
+
+    fn add_sign(&self, alpha: f32, x: &Buffer, y: &mut Buffer) {
+        let n = x.len().min(y.len());
+        self.launch(
+            "add_sign_f32",
+            n,
+            &[u(n), f(alpha), Arg::U64(self.p(x)), Arg::U64(self.p(y))],
+        );
+    }
+
+    fn dot(&self, x: &Buffer, y: &Buffer) -> f32 {
+        self.reduce(0, x, y, x.len().min(y.len()))
+    }
+
+    fn asum(&self, x: &Buffer) -> f32 {
+        self.reduce(1, x, x, x.len())
+    }
+
+    fn sumsq(&self, x: &Buffer) -> f32 {
+        self.reduce(2, x, x, x.len())
+    }
+
+    fn sum_axis(
+        &self,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        alpha: f32,
+        x: &Buffer,
+        beta: f32,
+        y: &mut Buffer,
+    ) {
+        let args = [
+            u(outer),
+            u(ch),
+            u(inner),
+            f(alpha),
+            Arg::U64(self.p(x)),
+            f(beta),
+            Arg::U64(self.p(y)),
+        ];
+        self.launch("sum_axis_f32", outer * inner, &args);
+    }
+
+    fn conv_forward(&self, g: &ConvGeom, x: &Buffer, w: &Buffer, y: &mut Buffer) {
+        if g.num == 0 {
+            return;
+        }
+        let plan = self.plan(g);
+        let ws = self.workspace(plan.fwd.workspace);
+        self.bind();
+        plan.forward(&self.dnn, self.p(x), self.p(w), self.p(y), ws)
+            .unwrap_or_else(|e| panic!("cuDNN convolution forward {g:?}: {e}"));
+    }
+
+    fn conv_backward_data(&self, g: &ConvGeom, dy: &Buffer, w: &Buffer, dx: &mut Buffer) {
+        if g.num == 0 {
+            return;
+        }
+        let plan = self.plan(g);
+        let ws = self.workspace(plan.bwd_data.workspace);
+        self.bind();
+        plan.backward_data(&self.dnn, self.p(dy), self.p(w), self.p(dx), ws)
+            .unwrap_or_else(|e| panic!("cuDNN convolution backward-data {g:?}: {e}"));
+    }
+
+    fn conv_backward_filter(&self, g: &ConvGeom, x: &Buffer, dy: &Buffer, dw: &mut Buffer) {
+        if g.num == 0 {
+            return;
+        }
+        let plan = self.plan(g);
+        let ws = self.workspace(plan.bwd_filter.workspace);
+        self.bind();
+        plan.backward_filter(&self.dnn, self.p(x), self.p(dy), self.p(dw), ws)
+            .unwrap_or_else(|e| panic!("cuDNN convolution backward-filter {g:?}: {e}"));
+    }
+
+    fn bias_forward(&self, outer: usize, ch: usize, inner: usize, b: &Buffer, y: &mut Buffer) {
+        let args = [
+            u(outer),
+            u(ch),
+            u(inner),
+            Arg::U64(self.p(b)),
+            Arg::U64(self.p(y)),
+        ];
+        self.launch("bias_fwd_f32", outer * ch * inner, &args);
+    }
+
+    fn bias_backward(&self, outer: usize, ch: usize, inner: usize, dy: &Buffer, db: &mut Buffer) {
+        if outer * inner == 0 || ch == 0 {
+            return;
+        }
+        let args = [
+            u(outer),
+            u(ch),
+            u(inner),
+            Arg::U64(self.p(dy)),
+            Arg::U64(self.p(db)),
+        ];
+        // One block per channel.
+        self.kernels
+            .launch(&self.stream, "bias_bwd_f32", ch as u32, &args);
+    }
+
+    fn pool_forward(&self, g: &PoolGeom, method: PoolMethod, x: &Buffer, y: &mut Buffer) {
+        let mut args = Self::pool_args(g, method).to_vec();
+        args.push(Arg::U64(self.p(x)));
+        args.push(Arg::U64(self.p(y)));
+        self.launch(
+            "pool_fwd_f32",
+            g.num * g.channels * g.out_h * g.out_w,
+            &args,
+        );
+    }
+
+    fn pool_backward(
+        &self,
+        g: &PoolGeom,
+        method: PoolMethod,
+        x: &Buffer,
+        _y: &Buffer,
+        dy: &Buffer,
+        dx: &mut Buffer,
+    ) {
+        let mut args = Self::pool_args(g, method).to_vec();
+        // AVE never reads x (WITHIN_CHANNEL LRN passes an empty buffer).
+        args.push(Arg::U64(self.p(x)));
+        args.push(Arg::U64(self.p(dy)));
+        args.push(Arg::U64(self.p(dx)));
+        self.launch("pool_bwd_f32", g.num * g.channels * g.in_h * g.in_w, &args);
+    }
+
+    fn lrn_forward(&self, p: &LrnParams, x: &Buffer, y: &mut Buffer, scale: &mut Buffer) {
+        let plane = p.height * p.width;
+        let n = p.num * p.channels * plane;
+        let (px, py, ps) = (
+            Arg::U64(self.p(x)),
+            Arg::U64(self.p(y)),
+            Arg::U64(self.p(scale)),
+        );
+        if p.across_channels {
+            let pre = (p.local_size - 1) / 2;
+            let post = p.local_size - pre - 1;
+            let a = p.alpha / p.local_size as f32;
+            let args = [
+                u(n),
+                i(p.channels),
+                u(plane),
+                i(pre),
+                i(post),
+                f(a),
+                f(p.beta),
+                f(p.k),
+                px,
+                py,
+                ps,
+            ];
+            self.launch("lrn_cross_fwd_f32", n, &args);
+        } else {
+            let args = [
+                u(n),
+                i(p.height),
+                i(p.width),
+                i(p.local_size),
+                f(p.alpha),
+                f(p.beta),
+                px,
+                py,
+                ps,
+            ];
+            self.launch("lrn_within_fwd_f32", n, &args);
+        }
+    }
+
+    fn lrn_backward(
+        &self,
+        p: &LrnParams,
+        x: &Buffer,
+        y: &Buffer,
+        scale: &Buffer,
+        dy: &Buffer,
+        dx: &mut Buffer,
+    ) {
+        let plane = p.height * p.width;
+        let n = p.num * p.channels * plane;
+        let (px, py, ps, pdy, pdx) = (
+            Arg::U64(self.p(x)),
+            Arg::U64(self.p(y)),
+            Arg::U64(self.p(scale)),
+            Arg::U64(self.p(dy)),
+            Arg::U64(self.p(dx)),
+        );
+        if p.across_channels {
+            let pre = (p.local_size - 1) / 2;
+            let post = p.local_size - pre - 1;
+            let cache = 2.0 * p.alpha * p.beta / p.local_size as f32;
+            let args = [
+                u(n),
+                i(p.channels),
+                u(plane),
+                i(pre),
+                i(post),
+                f(cache),
+                f(p.beta),
+                px,
+                py,
+                ps,
+                pdy,
+                pdx,
+            ];
+            self.launch("lrn_cross_bwd_f32", n, &args);
+        } else {
+            let davg = self.scratch(n);
+            let dsq = self.scratch(n);
+            let pd = Arg::U64(self.p(&davg));
+            self.launch(
+                "lrn_within_davg_f32",
+                n,
+                &[u(n), f(p.alpha), f(p.beta), py, ps, pdy, pd],
+            );
+            let pad = (p.local_size - 1) / 2;
+            let g = PoolGeom {
+                num: p.num,
+                channels: p.channels,
+                in_h: p.height,
+                in_w: p.width,
+                out_h: p.height,
+                out_w: p.width,
+                kernel_h: p.local_size,
+                kernel_w: p.local_size,
+                stride_h: 1,
+                stride_w: 1,
+                pad_h: pad,
+                pad_w: pad,
+            };
+            let mut args = Self::pool_args(&g, PoolMethod::Ave).to_vec();
+            args.extend([px, pd, Arg::U64(self.p(&dsq))]);
+            self.launch("pool_bwd_f32", n, &args);
+            self.launch(
+                "lrn_within_dx_f32",
+                n,
+                &[u(n), f(p.beta), px, ps, pdy, Arg::U64(self.p(&dsq)), pdx],
+            );
+        }
+    }
+
+    fn act_forward(&self, a: Activation, x: Option<&Buffer>, y: &mut Buffer) {
+        let (kind, p0, p1, p2) = act_code(a);
+        let n = x.map_or(y.len(), |x| x.len().min(y.len()));
+        let px = self.p(x.unwrap_or(y));
+        let args = [
+            u(n),
+            Arg::I32(kind),
+            f(p0),
+            f(p1),
+            f(p2),
+            Arg::U64(px),
+            Arg::U64(self.p(y)),
+        ];
+        self.launch("act_fwd_f32", n, &args);
+    }
+
+    fn act_backward(
+        &self,
+        a: Activation,
+        x: &Buffer,
+        y: &Buffer,
+        dy: Option<&Buffer>,
+        dx: &mut Buffer,
+    ) {
+        let (kind, p0, p1, p2) = act_code(a);
+        let n = dx.len();
+        let pdy = self.p(dy.unwrap_or(dx));
+        let args = [
+            u(n),
+            Arg::I32(kind),
+            f(p0),
+            f(p1),
+            f(p2),
+            Arg::U64(self.p(x)),
+            Arg::U64(self.p(y)),
+            Arg::U64(pdy),
+            Arg::U64(self.p(dx)),
+        ];
+        self.launch("act_bwd_f32", n, &args);
+    }
+
+    fn softmax_forward(&self, outer: usize, ch: usize, inner: usize, x: &Buffer, y: &mut Buffer) {
+        let args = [
+            u(outer),
+            u(ch),
+            u(inner),
+            Arg::U64(self.p(x)),
+            Arg::U64(self.p(y)),
+        ];
+        self.launch("softmax_fwd_f32", outer * inner, &args);
+    }
+
+    fn softmax_backward(
+        &self,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        y: &Buffer,
+        dy: Option<&Buffer>,
+        dx: &mut Buffer,
+    ) {
+        let pdy = self.p(dy.unwrap_or(dx));
+        let args = [
+            u(outer),
+            u(ch),
+            u(inner),
+            Arg::U64(self.p(y)),
+            Arg::U64(pdy),
+            Arg::U64(self.p(dx)),
+        ];
+        self.launch("softmax_bwd_f32", outer * inner, &args);
+    }
+
+    fn softmax_loss(
+        &self,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        prob: &Buffer,
+        labels: &Buffer,
+        ignore_label: Option<i32>,
+    ) -> (f32, usize) {
+        let n = outer * inner;
+        if n == 0 {
+            return (0.0, 0);
+        }
+        let out: CudaSlice<f64> = self
+            .stream
+            .alloc_zeros(2 * n)
+            .unwrap_or_else(|e| self.oom("softmax loss terms", 16 * n, e));
+        let (po, _s) = out.device_ptr(&self.stream);
+        let args = [
+            u(outer),
+            u(ch),
+            u(inner),
+            Arg::U64(self.p(prob)),
+            Arg::U64(self.p(labels)),
+            Arg::I32(ignore_label.is_some() as i32),
+            Arg::I32(ignore_label.unwrap_or(0)),
+            Arg::U64(po),
+        ];
+        self.launch("softmax_loss_f32", n, &args);
+        let host = self
+            .stream
+            .clone_dtoh(&out)
+            .unwrap_or_else(|e| panic!("CUDA softmax loss download: {e}"));
+        let loss: f64 = host.iter().step_by(2).sum();
+        let count: f64 = host.iter().skip(1).step_by(2).sum();
+        (loss as f32, count as usize)
+    }
+
+    fn softmax_loss_backward(
+        &self,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        prob: &Buffer,
+        labels: &Buffer,
+        ignore_label: Option<i32>,
+        scale: f32,
+        dx: &mut Buffer,
+    ) {
+        let args = [
+            u(outer),
+            u(ch),
+            u(inner),
+            Arg::U64(self.p(prob)),
+            Arg::U64(self.p(labels)),
+            Arg::I32(ignore_label.is_some() as i32),
+            Arg::I32(ignore_label.unwrap_or(0)),
+            f(scale),
+            Arg::U64(self.p(dx)),
+        ];
+        self.launch("softmax_loss_bwd_f32", outer * ch * inner, &args);
+    }
+
+    fn dropout_forward(&self, ratio: f32, x: Option<&Buffer>, y: &mut Buffer, mask: &mut Buffer) {
+        let n = mask.len().min(y.len());
+        let scale = 1.0 / (1.0 - ratio);
+        let counter = self.draws.get();
+        self.draws.set(counter.wrapping_add(n as u64));
+        let px = self.p(x.unwrap_or(y));
+        let args = [
+            u(n),
+            f(ratio),
+            f(scale),
+            Arg::U64(self.seed.get()),
+            Arg::U64(counter),
+            Arg::U64(px),
+            Arg::U64(self.p(y)),
+            Arg::U64(self.p(mask)),
+        ];
+        self.launch("dropout_f32", n, &args);
+    }
+
+    fn seed(&self, seed: u64) {
+        self.seed.set(seed);
+        self.draws.set(0);
+    }
+
+    fn max_accumulate(
+        &self,
+        x: &Buffer,
+        index: usize,
+        first: bool,
+        y: &mut Buffer,
+        arg: &mut Buffer,
+    ) {
+        let n = y.len();
+        let args = [
+            u(n),
+            Arg::U64(self.p(x)),
+            f(index as f32),
+            Arg::I32(first as i32),
+            Arg::U64(self.p(y)),
+            Arg::U64(self.p(arg)),
+        ];
+        self.launch("max_accumulate_f32", n, &args);
+    }
+
+    fn max_route_backward(&self, arg: &Buffer, index: usize, dy: &Buffer, dx: &mut Buffer) {
+        let n = dx.len();
+        let args = [
+            u(n),
+            Arg::U64(self.p(arg)),
+            u(index),
+            Arg::U64(self.p(dy)),
+            Arg::U64(self.p(dx)),
+        ];
+        self.launch("max_route_bwd_f32", n, &args);
+    }
+
+    fn sgd_update(&self, lr: f32, momentum: f32, g: &Buffer, h: &mut Buffer, w: &mut Buffer) {
+        let n = w.len();
+        let args = [
+            u(n),
+            f(lr),
+            f(momentum),
+            Arg::U64(self.p(g)),
+            Arg::U64(self.p(h)),
+            Arg::U64(self.p(w)),
+        ];
+        self.launch("sgd_update_f32", n, &args);
+    }
+
+    fn synchronize(&self) {
+        self.stream
+            .synchronize()
+            .unwrap_or_else(|e| panic!("CUDA stream synchronize on GPU {}: {e}", self.ordinal));
+    }
+}
