@@ -29,6 +29,8 @@ enum Command {
     ComputeImageMean(cli::compute_image_mean::Args),
     /// Show the GPUs, their memory and compute capability, and the CUDA library versions.
     DeviceQuery(cli::device_query::Args),
+    /// Time training steps and forward passes of deploy nets on synthetic data.
+    Bench(cli::bench::Args),
     /// Write a legacy (V1, input_dim, old transform fields) net in the current format.
     UpgradeNet(cli::upgrade::NetArgs),
     /// Write a solver with the legacy solver_type enum as a type string.
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
         Command::ConvertImageset(a) => cli::convert_imageset::run(a),
         Command::ComputeImageMean(a) => cli::compute_image_mean::run(a),
         Command::DeviceQuery(a) => cli::device_query::run(a),
+        Command::Bench(a) => cli::bench::run(a),
         Command::UpgradeNet(a) => cli::upgrade::run_net(a),
         Command::UpgradeSolver(a) => cli::upgrade::run_solver(a),
         Command::Classify(a) => cli::classify::run(a),

@@ -1,6 +1,7 @@
 //! The command line: one module per subcommand; each parses its flags and calls the library.
 
 pub mod classify;
+pub mod bench;
 pub mod common;
 pub mod compute_image_mean;
 pub mod convert_imageset;
