@@ -4,6 +4,7 @@
 //! [`engine::Engine`]; [`solver::Solver`] trains them and writes Caffe-format snapshots.
 
 pub mod blob;
+pub mod classify;
 pub mod data;
 pub mod engine;
 pub mod error;

@@ -37,6 +37,8 @@ enum Command {
     UpgradeSolver(cli::upgrade::SolverArgs),
     /// Classify images with a deploy net and trained weights (Caffe's classification example).
     Classify(cli::classify::Args),
+    /// Print a net's layers: shapes, learnable parameters, multiply-adds and memory.
+    Inspect(cli::inspect::Args),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
         Command::UpgradeNet(a) => cli::upgrade::run_net(a),
         Command::UpgradeSolver(a) => cli::upgrade::run_solver(a),
         Command::Classify(a) => cli::classify::run(a),
+        Command::Inspect(a) => cli::inspect::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

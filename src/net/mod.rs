@@ -2,10 +2,13 @@
 
 mod filter;
 mod split;
+pub mod substitute;
+mod summary;
 pub mod weights;
 
 pub use filter::{filter_net, layer_included, meets_rule, State};
 pub use split::insert_splits;
+pub use summary::{LayerSummary, NetSummary};
 
 use crate::blob::{Blob, BlobRef};
 use crate::engine::Engine;
@@ -102,7 +105,9 @@ impl Net {
             let lname = lp.name().to_string();
             let kind = lp.r#type().to_string();
             if !layer_names.insert(lname.clone()) && !lname.is_empty() {
-                bail!("two layers are named `{lname}`; layer names must be unique");
+                // Caffe accepts this (BVLC's mnist_autoencoder has two layers named `loss`);
+                // only weights matched by name become ambiguous.
+                tracing::warn!("two layers are named `{lname}`; weights are matched by layer name, so give them distinct names");
             }
             info!("Creating layer {lname}");
             let wrap = |e: Error| e.in_layer(&lname, &kind);
