@@ -8,6 +8,7 @@ pub mod classify;
 pub mod data;
 pub mod engine;
 pub mod error;
+pub mod features;
 pub mod filler;
 pub mod layers;
 pub mod net;

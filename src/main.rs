@@ -39,6 +39,8 @@ enum Command {
     Classify(cli::classify::Args),
     /// Print a net's layers: shapes, learnable parameters, multiply-adds and memory.
     Inspect(cli::inspect::Args),
+    /// Write named blobs of a net, batch after batch, to LMDBs of float Datums (Caffe's extract_features).
+    ExtractFeatures(cli::extract_features::Args),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
         Command::UpgradeSolver(a) => cli::upgrade::run_solver(a),
         Command::Classify(a) => cli::classify::run(a),
         Command::Inspect(a) => cli::inspect::run(a),
+        Command::ExtractFeatures(a) => cli::extract_features::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
