@@ -89,7 +89,7 @@ mod gpu {
         }
         let i = worst.1;
         println!(
-            "{what:<48} n={:<8} worst relative error {:.2e}",
+            "{what:<48} n={:<8} max|cpu|={big:<9.2e} worst relative error {:.2e}",
             cpu.len(),
             worst.0
         );
@@ -641,8 +641,16 @@ mod gpu {
         pd: &[bool],
         params: Option<&[Vec<f32>]>,
     ) -> (LayerRun, Vec<Vec<f32>>) {
+        // Name every bottom and top, as a net would: some layers check their counts at creation.
+        let mut full = text.to_string();
+        for i in 0..bottoms.len() {
+            full.push_str(&format!(" bottom: \"b{i}\""));
+        }
+        for i in 0..n_tops {
+            full.push_str(&format!(" top: \"t{i}\""));
+        }
         let lp: LayerParameter =
-            crema_proto::parse_text(text, "gpu_vs_cpu", "caffe.LayerParameter")
+            crema_proto::parse_text(&full, "gpu_vs_cpu", "caffe.LayerParameter")
                 .unwrap_or_else(|err| panic!("bad test prototxt `{text}`: {err}"));
         let mut layer = create_layer(&lp).unwrap_or_else(|err| panic!("create `{text}`: {err}"));
         let bs: Vec<BlobRef> = bottoms
