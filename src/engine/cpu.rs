@@ -1011,6 +1011,39 @@ impl Engine for CpuEngine {
             w[i] -= h[i];
         }
     }
+
+    fn channel_scale(&self, outer: usize, ch: usize, inner: usize, s: &Buffer, x: Option<&Buffer>, y: &mut Buffer) {
+        let s = s.host();
+        let n = outer * ch * inner;
+        if inner == 0 || n == 0 {
+            return;
+        }
+        let y = &mut y.host_mut()[..n];
+        match x {
+            Some(x) => {
+                let x = &x.host()[..n];
+                y.par_chunks_mut(inner)
+                    .with_min_len(64)
+                    .zip(x.par_chunks(inner))
+                    .enumerate()
+                    .for_each(|(r, (yr, xr))| {
+                        let f = s[r % ch];
+                        yr.iter_mut().zip(xr).for_each(|(y, x)| *y = x * f);
+                    });
+            }
+            None => y.par_chunks_mut(inner).with_min_len(64).enumerate().for_each(|(r, yr)| {
+                let f = s[r % ch];
+                yr.iter_mut().for_each(|y| *y *= f);
+            }),
+        }
+    }
+
+    fn rng_uniform(&self, dst: &mut Buffer) {
+        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        for v in dst.host_mut().iter_mut() {
+            *v = rng.gen::<f32>();
+        }
+    }
 }
 
 /// The average-pooling geometry Caffe uses inside WITHIN_CHANNEL LRN.

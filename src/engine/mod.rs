@@ -367,6 +367,147 @@ pub trait Engine {
         }
         self.upload(&wv, w);
     }
+
+    // ---- broadcasting, sampling and losses (defaults that any engine runs; CPU overrides some) ----
+    /// y[o, c, i] = x[o, c, i] · s[c] over outer×ch×inner; `x` None means in place on y.
+    /// The default broadcasts `s` with `bias_forward` into a temporary and multiplies, so it stays
+    /// on the device of any engine; an engine may override it with one fused pass.
+    #[allow(clippy::too_many_arguments)]
+    fn channel_scale(
+        &self,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        s: &Buffer,
+        x: Option<&Buffer>,
+        y: &mut Buffer,
+    ) {
+        let mut t = self.alloc(outer * ch * inner);
+        self.bias_forward(outer, ch, inner, s, &mut t);
+        self.mul(x, &t, y);
+    }
+
+    /// Fills `dst` with uniform draws from [0, 1). The default draws from the crate's seeded
+    /// generator on the host.
+    fn rng_uniform(&self, dst: &mut Buffer) {
+        use rand::Rng;
+        let v: Vec<f32> = crate::rng::with(|r| (0..dst.len()).map(|_| r.gen::<f32>()).collect());
+        self.upload(&v, dst);
+    }
+
+    /// Caffe's stochastic pooling in TRAIN: in each window (no padding) takes the first element
+    /// where the running sum reaches `rand`·Σx (one uniform draw per output), writes its value to
+    /// `y` and its index within the plane to `idx`.
+    fn pool_stochastic_train(&self, g: &PoolGeom, x: &Buffer, rand: &Buffer, y: &mut Buffer, idx: &mut Buffer) {
+        let (xv, rv) = (self.download(x), self.download(rand));
+        let mut yv = vec![0.0; g.num * g.channels * g.out_h * g.out_w];
+        let mut iv = yv.clone();
+        pool_stochastic_host(g, &xv, Some(&rv), &mut yv, Some(&mut iv));
+        self.upload(&yv, y);
+        self.upload(&iv, idx);
+    }
+
+    /// Caffe's stochastic pooling in TEST: y = Σx² / Σx over each window (0 where Σx is 0).
+    fn pool_stochastic_test(&self, g: &PoolGeom, x: &Buffer, y: &mut Buffer) {
+        let xv = self.download(x);
+        let mut yv = vec![0.0; g.num * g.channels * g.out_h * g.out_w];
+        pool_stochastic_host(g, &xv, None, &mut yv, None);
+        self.upload(&yv, y);
+    }
+
+    /// Stochastic pooling backward: dx = 0 except dx[idx] += dy for each output.
+    fn pool_stochastic_backward(&self, g: &PoolGeom, idx: &Buffer, dy: &Buffer, dx: &mut Buffer) {
+        let (iv, dyv) = (self.download(idx), self.download(dy));
+        let plane_in = g.in_h * g.in_w;
+        let plane_out = g.out_h * g.out_w;
+        let mut dxv = vec![0.0; g.num * g.channels * plane_in];
+        for p in 0..g.num * g.channels {
+            for j in 0..plane_out {
+                let k = p * plane_out + j;
+                dxv[p * plane_in + iv[k] as usize] += dyv[k];
+            }
+        }
+        self.upload(&dxv, dx);
+    }
+
+    /// Caffe's stable sigmoid cross-entropy summed over the elements whose target (cast to an
+    /// integer) is not `ignore`: -Σ [x (t - [x≥0]) - log(1 + e^(x - 2x[x≥0]))]; returns the sum and
+    /// the number of elements counted.
+    fn sigmoid_cross_entropy(&self, x: &Buffer, t: &Buffer, ignore: Option<i32>) -> (f32, usize) {
+        let (xv, tv) = (self.download(x), self.download(t));
+        let mut loss = 0.0f64;
+        let mut valid = 0;
+        for (x, t) in xv.iter().zip(&tv) {
+            if Some(*t as i32) == ignore {
+                continue;
+            }
+            let pos = if *x >= 0.0 { 1.0 } else { 0.0 };
+            loss -= (x * (t - pos) - (1.0 + (x - 2.0 * x * pos).exp()).ln()) as f64;
+            valid += 1;
+        }
+        (loss as f32, valid)
+    }
+
+    /// dx = scale (sigmoid(x) - t), zero where the target is ignored.
+    fn sigmoid_cross_entropy_backward(&self, x: &Buffer, t: &Buffer, ignore: Option<i32>, scale: f32, dx: &mut Buffer) {
+        let (xv, tv) = (self.download(x), self.download(t));
+        let d: Vec<f32> = xv
+            .iter()
+            .zip(&tv)
+            .map(|(x, t)| {
+                if Some(*t as i32) == ignore {
+                    0.0
+                } else {
+                    scale * (1.0 / (1.0 + (-x).exp()) - t)
+                }
+            })
+            .collect();
+        self.upload(&d, dx);
+    }
+}
+
+/// Stochastic pooling on host slices: sampling with `rand` (TRAIN) or the weighted average (TEST).
+fn pool_stochastic_host(g: &PoolGeom, x: &[f32], rand: Option<&[f32]>, y: &mut [f32], mut idx: Option<&mut [f32]>) {
+    let plane_in = g.in_h * g.in_w;
+    let plane_out = g.out_h * g.out_w;
+    for p in 0..g.num * g.channels {
+        let xp = &x[p * plane_in..(p + 1) * plane_in];
+        for oy in 0..g.out_h {
+            for ox in 0..g.out_w {
+                let k = p * plane_out + oy * g.out_w + ox;
+                let (hs, ws) = (oy * g.stride_h, ox * g.stride_w);
+                let (he, we) = ((hs + g.kernel_h).min(g.in_h), (ws + g.kernel_w).min(g.in_w));
+                let window = || (hs..he).flat_map(move |h| (ws..we).map(move |w| h * g.in_w + w));
+                match (rand, idx.as_deref_mut()) {
+                    (Some(r), Some(iv)) => {
+                        let total: f32 = window().map(|i| xp[i]).sum();
+                        let thres = r[k] * total;
+                        let mut cum = 0.0;
+                        // The last element if rounding keeps the running sum below the threshold.
+                        let mut pick = (he - 1) * g.in_w + we - 1;
+                        for i in window() {
+                            cum += xp[i];
+                            if cum >= thres {
+                                pick = i;
+                                break;
+                            }
+                        }
+                        y[k] = xp[pick];
+                        iv[k] = pick as f32;
+                    }
+                    _ => {
+                        // Caffe starts the sum at FLT_MIN so an all-zero window gives 0.
+                        let (mut s, mut s2) = (f32::MIN_POSITIVE, 0.0f32);
+                        for i in window() {
+                            s += xp[i];
+                            s2 += xp[i] * xp[i];
+                        }
+                        y[k] = s2 / s;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Caffe's update rules beyond plain SGD, with their hyper-parameters.

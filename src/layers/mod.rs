@@ -9,16 +9,37 @@ use crema_proto::caffe::LayerParameter;
 use std::rc::Rc;
 
 mod accuracy;
+mod argmax;
+mod batch_norm;
+mod contrastive_loss;
 mod conv;
+mod crop;
+mod deconv;
 mod eltwise;
+mod embed;
+mod hinge_loss;
+mod im2col;
 mod input;
 mod inner_product;
+mod logistic_loss;
 mod loss;
 mod lrn;
+mod lstm_unit;
+mod mvn;
 mod neuron;
+mod normalization;
+mod parameter;
 mod pooling;
+mod prelu;
+mod reduction;
+mod rows;
+mod scale;
 mod shape;
+mod sigmoid_loss;
 mod softmax;
+mod spp;
+mod tile;
+mod work;
 
 /// Training or testing, as in Caffe's `Phase`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,28 +115,49 @@ fn registry() -> &'static [(&'static str, Constructor)] {
     &[
         ("Accuracy", accuracy::Accuracy::create),
         ("AbsVal", neuron::Neuron::create),
+        ("ArgMax", argmax::ArgMax::create),
         ("BNLL", neuron::Neuron::create),
+        ("BatchNorm", batch_norm::BatchNorm::create),
+        ("BatchReindex", rows::BatchReindex::create),
+        ("Bias", scale::Bias::create),
         ("Clip", neuron::Neuron::create),
         ("Concat", shape::Concat::create),
+        ("ContrastiveLoss", contrastive_loss::ContrastiveLoss::create),
         ("Convolution", conv::Convolution::create),
+        ("Crop", crop::Crop::create),
         ("Data", crate::data::DataLayer::create),
+        ("Deconvolution", deconv::Deconvolution::create),
         ("Dropout", neuron::Dropout::create),
         ("DummyData", input::DummyData::create),
         ("ELU", neuron::Neuron::create),
         ("Eltwise", eltwise::Eltwise::create),
+        ("Embed", embed::Embed::create),
         ("EuclideanLoss", loss::EuclideanLoss::create),
         ("Exp", neuron::Neuron::create),
+        ("Filter", rows::Filter::create),
         ("Flatten", shape::Flatten::create),
+        ("HingeLoss", hinge_loss::HingeLoss::create),
+        ("Im2col", im2col::Im2col::create),
         ("ImageData", crate::data::ImageDataLayer::create),
+        ("InfogainLoss", logistic_loss::InfogainLoss::create),
         ("InnerProduct", inner_product::InnerProduct::create),
         ("Input", input::Input::create),
         ("LRN", lrn::Lrn::create),
+        ("LSTMUnit", lstm_unit::LstmUnit::create),
         ("Log", neuron::Neuron::create),
+        ("MVN", mvn::Mvn::create),
+        ("MultinomialLogisticLoss", logistic_loss::MultinomialLogisticLoss::create),
+        ("Parameter", parameter::Parameter::create),
         ("Pooling", pooling::Pooling::create),
+        ("PReLU", prelu::PRelu::create),
         ("Power", neuron::Neuron::create),
+        ("Reduction", reduction::Reduction::create),
         ("ReLU", neuron::Neuron::create),
         ("Reshape", shape::Reshape::create),
+        ("SPP", spp::Spp::create),
+        ("Scale", scale::Scale::create),
         ("Sigmoid", neuron::Neuron::create),
+        ("SigmoidCrossEntropyLoss", sigmoid_loss::SigmoidCrossEntropyLoss::create),
         ("Silence", shape::Silence::create),
         ("Slice", shape::Slice::create),
         ("Softmax", softmax::Softmax::create),
@@ -124,6 +166,7 @@ fn registry() -> &'static [(&'static str, Constructor)] {
         ("Swish", neuron::Neuron::create),
         ("TanH", neuron::Neuron::create),
         ("Threshold", neuron::Neuron::create),
+        ("Tile", tile::Tile::create),
     ]
 }
 

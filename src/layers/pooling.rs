@@ -1,6 +1,7 @@
-//! Pooling: MAX and AVE, global or windowed, with Caffe's ceil-mode output size.
+//! Pooling: MAX, AVE and STOCHASTIC, global or windowed, with Caffe's ceil-mode output size.
 
-use super::{Ctx, Layer};
+use super::work::Work;
+use super::{Ctx, Layer, Phase};
 use crate::blob::BlobRef;
 use crate::engine::{PoolGeom, PoolMethod};
 use crate::{bail, Result};
@@ -9,8 +10,12 @@ use crema_proto::caffe::{LayerParameter, PoolingParameter};
 
 pub struct Pooling {
     p: PoolingParameter,
-    method: PoolMethod,
+    /// None for STOCHASTIC, which the layer runs with its own engine operations.
+    method: Option<PoolMethod>,
     geom: Option<PoolGeom>,
+    /// STOCHASTIC: one uniform draw per output, and the index each output took.
+    rand: Work,
+    taken: Work,
 }
 
 /// Caffe's pooled size: ceil by default, minus one when the last window would start in the padding.
@@ -27,11 +32,15 @@ impl Pooling {
     pub fn create(lp: &LayerParameter) -> Result<Box<dyn Layer>> {
         let p = lp.pooling_param.unwrap_or_default();
         let method = match p.pool() {
-            ProtoPool::Max => PoolMethod::Max,
-            ProtoPool::Ave => PoolMethod::Ave,
-            ProtoPool::Stochastic => bail!("pooling method STOCHASTIC is not supported yet; use MAX or AVE"),
+            ProtoPool::Max => Some(PoolMethod::Max),
+            ProtoPool::Ave => Some(PoolMethod::Ave),
+            ProtoPool::Stochastic => None,
         };
-        Ok(Box::new(Pooling { p, method, geom: None }))
+        let padded = p.pad() != 0 || p.pad_h() != 0 || p.pad_w() != 0;
+        if method.is_none() && padded {
+            bail!("padding is implemented only for MAX and AVE pooling (as in Caffe), not STOCHASTIC");
+        }
+        Ok(Box::new(Pooling { p, method, geom: None, rand: Work::default(), taken: Work::default() }))
     }
 
     fn make_geom(&self, shape: &[usize]) -> Result<PoolGeom> {
@@ -100,22 +109,36 @@ impl Layer for Pooling {
     }
 
     fn forward(&mut self, cx: &Ctx, bottom: &[BlobRef], top: &[BlobRef]) -> Result<()> {
-        if let Some(g) = &self.geom {
-            cx.engine.pool_forward(g, self.method, &bottom[0].data(), &mut top[0].data_mut());
+        let e = cx.engine;
+        let Some(g) = &self.geom else { return Ok(()) };
+        let (x, mut y) = (bottom[0].data(), top[0].data_mut());
+        match (self.method, cx.phase) {
+            (Some(m), _) => e.pool_forward(g, m, &x, &mut y),
+            (None, Phase::Train) => {
+                let n = g.num * g.channels * g.out_h * g.out_w;
+                let rand = self.rand.get(e, n);
+                e.rng_uniform(rand);
+                e.pool_stochastic_train(g, &x, rand, &mut y, self.taken.get(e, n));
+            }
+            (None, Phase::Test) => e.pool_stochastic_test(g, &x, &mut y),
         }
         Ok(())
     }
 
     fn backward(&mut self, cx: &Ctx, top: &[BlobRef], pd: &[bool], bottom: &[BlobRef]) -> Result<()> {
-        if let (Some(g), true) = (&self.geom, pd[0]) {
-            cx.engine.pool_backward(
-                g,
-                self.method,
-                &bottom[0].data(),
-                &top[0].data(),
-                &top[0].diff(),
-                &mut bottom[0].diff_mut(),
-            );
+        let Some(g) = &self.geom else { return Ok(()) };
+        if !pd[0] {
+            return Ok(());
+        }
+        let e = cx.engine;
+        match (self.method, self.taken.buf()) {
+            (Some(m), _) => {
+                e.pool_backward(g, m, &bottom[0].data(), &top[0].data(), &top[0].diff(), &mut bottom[0].diff_mut())
+            }
+            (None, Some(taken)) if cx.phase == Phase::Train => {
+                e.pool_stochastic_backward(g, taken, &top[0].diff(), &mut bottom[0].diff_mut())
+            }
+            (None, _) => bail!("STOCHASTIC pooling has a gradient only in TRAIN, through the sampled elements"),
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! Softmax and SoftmaxWithLoss (multinomial logistic loss of the softmax).
 
-use super::{canonical_axis, count, with_diff_in_out, Ctx, Layer};
+use super::{canonical_axis, count, normalization, with_diff_in_out, Ctx, Layer};
 use crate::blob::{Blob, BlobRef};
 use crate::{bail, Result};
 use crema_proto::caffe::loss_parameter::NormalizationMode;
@@ -58,32 +58,6 @@ impl Layer for Softmax {
         with_diff_in_out(&top[0], &bottom[0], |dy, dx| cx.engine.softmax_backward(o, c, i, &y, dy, dx));
         Ok(())
     }
-}
-
-/// Caffe's loss normaliser for a LossParameter.
-pub fn normalizer(p: &LossParameter, outer: usize, inner: usize, valid: usize, has_ignore: bool) -> f32 {
-    let mode = if p.normalize.is_some() {
-        if p.normalize() {
-            NormalizationMode::Valid
-        } else {
-            NormalizationMode::BatchSize
-        }
-    } else {
-        p.normalization()
-    };
-    let n = match mode {
-        NormalizationMode::Full => (outer * inner) as f32,
-        NormalizationMode::Valid => {
-            if has_ignore {
-                valid as f32
-            } else {
-                (outer * inner) as f32
-            }
-        }
-        NormalizationMode::BatchSize => outer as f32,
-        NormalizationMode::None => 1.0,
-    };
-    n.max(1.0)
 }
 
 pub struct SoftmaxWithLoss {
@@ -153,7 +127,7 @@ impl Layer for SoftmaxWithLoss {
             }
         }
         let (loss, valid) = e.softmax_loss(o, c, i, &prob.data(), &labels, self.ignore());
-        self.norm = normalizer(&self.loss, o, i, valid, self.ignore().is_some());
+        self.norm = normalization::divisor(normalization::mode(&self.loss, NormalizationMode::Valid), o, i, valid);
         e.upload(&[loss / self.norm], &mut top[0].data_mut());
         if let Some(t) = top.get(1) {
             e.axpby(1.0, &prob.data(), 0.0, &mut t.data_mut());
