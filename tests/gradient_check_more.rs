@@ -1261,3 +1261,102 @@ fn lstm_unit_values() {
     assert_close("LSTMUnit c", &rig.top(0), &[c0, 0.0], 1e-6);
     assert_close("LSTMUnit h", &rig.top(1), &[h0, 0.0], 1e-6);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The new layers inside a net
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn batch_norm_scale_prelu_deconv_net_learns_and_tests_with_global_stats() {
+    use crema::net::{Net, State};
+    use std::rc::Rc;
+    let text = r#"
+        name: "bn_net"
+        layer { name: "data" type: "Input" top: "x" top: "y"
+                input_param { shape { dim: 8 dim: 2 dim: 4 dim: 4 } shape { dim: 8 } } }
+        layer { name: "conv" type: "Convolution" bottom: "x" top: "c"
+                convolution_param { num_output: 4 kernel_size: 3 pad: 1 weight_filler { type: "xavier" } } }
+        layer { name: "bn" type: "BatchNorm" bottom: "c" top: "c" }
+        layer { name: "sc" type: "Scale" bottom: "c" top: "c" scale_param { bias_term: true } }
+        layer { name: "pr" type: "PReLU" bottom: "c" top: "c" }
+        layer { name: "up" type: "Deconvolution" bottom: "c" top: "u"
+                convolution_param { num_output: 2 kernel_size: 2 stride: 2 weight_filler { type: "xavier" } } }
+        layer { name: "pool" type: "Pooling" bottom: "u" top: "p" pooling_param { pool: AVE global_pooling: true } }
+        layer { name: "ip" type: "InnerProduct" bottom: "p" top: "s"
+                inner_product_param { num_output: 2 weight_filler { type: "xavier" } } }
+        layer { name: "loss" type: "SoftmaxWithLoss" bottom: "s" bottom: "y" top: "loss" }
+    "#;
+    let param = crema_proto::parse_text::<crema_proto::caffe::NetParameter>(
+        text,
+        "bn_net",
+        "caffe.NetParameter",
+    )
+    .expect("net prototxt");
+    let engine: Rc<dyn crema::engine::Engine> = Rc::new(CpuEngine::new());
+    let mut train =
+        Net::new(&param, &State::phase(Phase::Train), engine.clone()).expect("train net");
+    let mut r = Rng::new(601);
+    let x = r.vec(8 * 2 * 16, -1.0, 1.0);
+    // Label: whether channel 0 of the item is brighter than channel 1 on average.
+    let y: Vec<f32> = (0..8)
+        .map(|n| {
+            let m = |c: usize| {
+                x[(n * 2 + c) * 16..(n * 2 + c + 1) * 16]
+                    .iter()
+                    .sum::<f32>()
+            };
+            if m(0) > m(1) {
+                1.0
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let e = engine.clone();
+    train.blob("x").expect("x").set_data(&*e, &x);
+    train.blob("y").expect("y").set_data(&*e, &y);
+    let bn = train.layer_blobs("bn").expect("bn blobs");
+    assert_eq!(bn.len(), 3);
+    for p in train.params() {
+        if p.label.starts_with("bn.") {
+            assert_eq!(p.lr_mult, 0.0, "{} must never be trained", p.label);
+        }
+    }
+    let mut losses = vec![];
+    for _ in 0..100 {
+        train.clear_param_diffs();
+        losses.push(train.forward().expect("forward"));
+        train.backward().expect("backward");
+        for p in train.params() {
+            let (w, g) = (p.blob.data_to_vec(&*e), p.blob.diff_to_vec(&*e));
+            let w: Vec<f32> = w
+                .iter()
+                .zip(&g)
+                .map(|(w, g)| w - 0.5 * p.lr_mult * g)
+                .collect();
+            p.blob.set_data(&*e, &w);
+        }
+    }
+    let (first, last) = (losses[0], *losses.last().expect("losses"));
+    assert!(
+        last < 0.5 * first,
+        "loss should fall: {first} -> {last} ({losses:?})"
+    );
+    // 100 batches with the default fraction 0.999: the scale factor is Σ 0.999^k.
+    let factor = bn[2].data_to_vec(&*e)[0];
+    let want: f32 = (0..100).map(|k| 0.999f32.powi(k)).sum();
+    assert!(
+        (factor - want).abs() < 1e-3,
+        "scale factor {factor}, expected {want}"
+    );
+    // The test net follows the trained blobs and normalises with the running statistics.
+    let mut test = Net::new(&param, &State::phase(Phase::Test), engine.clone()).expect("test net");
+    test.share_trained_layers_with(&train).expect("share");
+    test.blob("x").expect("x").set_data(&*e, &x);
+    test.blob("y").expect("y").set_data(&*e, &y);
+    let test_loss = test.forward().expect("test forward");
+    assert!(
+        test_loss.is_finite() && test_loss < first,
+        "test loss {test_loss} (first train loss {first})"
+    );
+}
