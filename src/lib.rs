@@ -5,6 +5,7 @@
 
 pub mod blob;
 pub mod classify;
+pub mod curves;
 pub mod data;
 pub mod engine;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod layers;
 pub mod net;
 pub mod rng;
 pub mod solver;
+pub mod training_log;
 pub mod upgrade;
 
 pub use error::{Error, Result};

@@ -41,6 +41,10 @@ enum Command {
     Inspect(cli::inspect::Args),
     /// Write named blobs of a net, batch after batch, to LMDBs of float Datums (Caffe's extract_features).
     ExtractFeatures(cli::extract_features::Args),
+    /// Write the train and test CSV tables of a training log (Caffe's parse_log.py).
+    ParseLog(cli::parse_log::Args),
+    /// Draw training loss, test scores and the learning rate of a training log into a PNG.
+    Plot(cli::plot::Args),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +65,8 @@ fn main() -> ExitCode {
         Command::Classify(a) => cli::classify::run(a),
         Command::Inspect(a) => cli::inspect::run(a),
         Command::ExtractFeatures(a) => cli::extract_features::run(a),
+        Command::ParseLog(a) => cli::parse_log::run(a),
+        Command::Plot(a) => cli::plot::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,6 +10,8 @@ pub mod device_query;
 pub mod extract_features;
 pub mod inspect;
 pub mod log;
+pub mod parse_log;
+pub mod plot;
 pub mod test;
 pub mod time;
 pub mod train;
