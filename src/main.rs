@@ -45,6 +45,8 @@ enum Command {
     ParseLog(cli::parse_log::Args),
     /// Draw training loss, test scores and the learning rate of a training log into a PNG.
     Plot(cli::plot::Args),
+    /// Caffe's own command line: `crema caffe train -solver s.prototxt -gpu 0` (train, test, time, device_query).
+    Caffe(cli::caffe::Args),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         Command::ExtractFeatures(a) => cli::extract_features::run(a),
         Command::ParseLog(a) => cli::parse_log::run(a),
         Command::Plot(a) => cli::plot::run(a),
+        Command::Caffe(a) => cli::caffe::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,6 @@
 //! The command line: one module per subcommand; each parses its flags and calls the library.
 
+pub mod caffe;
 pub mod classify;
 pub mod bench;
 pub mod common;
