@@ -15,6 +15,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the whole workflow (convert, mean, train, test, classify) on digits it draws; no download.
+    Demo(cli::demo::Args),
     /// Train a net from a solver definition (Caffe's `caffe train`).
     Train(cli::train::Args),
     /// Score a trained model over N batches (Caffe's `caffe test`).
@@ -50,10 +52,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    cli::log::init();
     let args = cli::caffe_style_args(std::env::args().collect());
     let cli = Cli::parse_from(args);
+    // The demo prints its own steps and shows only the solver's log; the rest log everything.
+    cli::log::init(if matches!(cli.command, Command::Demo(_)) { cli::demo::LOG_FILTER } else { "info" });
     let result = match &cli.command {
+        Command::Demo(a) => cli::demo::run(a),
         Command::Train(a) => cli::train::run(a),
         Command::Test(a) => cli::test::run(a),
         Command::Time(a) => cli::time::run(a),

@@ -1360,3 +1360,101 @@ fn batch_norm_scale_prelu_deconv_net_learns_and_tests_with_global_stats() {
         "test loss {test_loss} (first train loss {first})"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// RNN and LSTM
+// ---------------------------------------------------------------------------------------------
+
+/// A recurrent layer over T = 3 steps of N = 2 sequences: the first continues from the initial
+/// state throughout, the second restarts at steps 0 and 1.
+fn recurrent_check(ty: &str, extra: &str, static_input: bool, exposed: usize) {
+    let mut r = Rng::new(511);
+    let (t, n, h) = (3usize, 2usize, 2usize);
+    let mut bottoms = String::from(r#"bottom: "x" bottom: "cont""#);
+    if static_input {
+        bottoms.push_str(r#" bottom: "xs""#);
+    }
+    let mut tops = String::from(r#"top: "y""#);
+    for k in 0..exposed {
+        bottoms.push_str(&format!(r#" bottom: "s0_{k}""#));
+        tops.push_str(&format!(r#" top: "sT_{k}""#));
+    }
+    let mut c = Check::new(&format!(
+        r#"name: "r" type: "{ty}" {bottoms} {tops} recurrent_param {{ num_output: {h} {extra} }}"#
+    ))
+    .bottom(&[t, n, 3], r.vec(t * n * 3, -1.0, 1.0))
+    .label(&[t, n], vec![1.0, 0.0, 1.0, 0.0, 1.0, 1.0]);
+    if static_input {
+        c = c.bottom(&[n, 2], r.vec(n * 2, -1.0, 1.0));
+    }
+    for _ in 0..exposed {
+        c = c.bottom(&[1, n, h], r.vec(n * h, -1.0, 1.0));
+    }
+    c.tops(1 + exposed).run();
+}
+
+#[test]
+fn lstm_gradient() {
+    recurrent_check("LSTM", "", false, 0);
+}
+
+#[test]
+fn lstm_gradient_static_input_and_exposed_state() {
+    recurrent_check("LSTM", "expose_hidden: true", true, 2);
+}
+
+#[test]
+fn rnn_gradient() {
+    recurrent_check("RNN", "", false, 0);
+}
+
+#[test]
+fn rnn_gradient_static_input_and_exposed_state() {
+    recurrent_check("RNN", "expose_hidden: true", true, 1);
+}
+
+#[test]
+fn lstm_matches_lstm_unit_steps_and_caffe_blob_order() {
+    // One sequence, one unit: the layer equals LSTMUnit steps over W_xc x + b_c + W_hc h.
+    let text = r#"name: "l" type: "LSTM" recurrent_param { num_output: 1 }"#;
+    let x = vec![0.5, -1.0, 2.0];
+    let mut rig = Rig::new(
+        text,
+        Phase::Test,
+        &[
+            (vec![3, 1, 1], x.clone()),
+            (vec![3, 1], vec![0.0, 1.0, 1.0]),
+        ],
+        1,
+    );
+    let p = rig.params();
+    let shapes: Vec<Vec<usize>> = p.iter().map(|b| b.shape()).collect();
+    assert_eq!(
+        shapes,
+        vec![vec![4, 1], vec![4], vec![4, 1]],
+        "W_xc, b_c, W_hc"
+    );
+    let (wx, b, wh) = (
+        [0.3f32, -0.2, 0.5, 0.8],
+        [0.1f32, 0.2, -0.1, 0.0],
+        [0.4f32, 0.6, -0.3, 0.2],
+    );
+    p[0].set_data(&rig.e, &wx);
+    p[1].set_data(&rig.e, &b);
+    p[2].set_data(&rig.e, &wh);
+    rig.forward();
+    let sig = |v: f32| 1.0 / (1.0 + (-v).exp());
+    let (mut c, mut h) = (0.0f32, 0.0f32);
+    let mut want = vec![];
+    for (t, xv) in x.iter().enumerate() {
+        let cont = if t == 0 { 0.0 } else { 1.0 };
+        let pre: Vec<f32> = (0..4)
+            .map(|k| wx[k] * xv + b[k] + wh[k] * cont * h)
+            .collect();
+        let (i, f, o, g) = (sig(pre[0]), cont * sig(pre[1]), sig(pre[2]), pre[3].tanh());
+        c = f * c + i * g;
+        h = o * c.tanh();
+        want.push(h);
+    }
+    assert_close("LSTM outputs", &rig.top(0), &want, 1e-6);
+}

@@ -7,6 +7,7 @@ pub mod lmdb;
 pub mod mean;
 pub mod mnist;
 pub mod proto_io;
+pub mod synth;
 pub mod transform;
 
 pub use error::{DataError, Result};

@@ -52,10 +52,10 @@ where
     }
 }
 
-/// Installs the logger on stderr; `CREMA_LOG` (e.g. `warn`) filters it.
-pub fn init() {
+/// Installs the logger on stderr; `CREMA_LOG` (e.g. `warn`) filters it, else `default_filter`.
+pub fn init(default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CREMA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -7,6 +7,7 @@ pub mod common;
 pub mod compute_image_mean;
 pub mod convert_imageset;
 pub mod convert_mnist;
+pub mod demo;
 pub mod device_query;
 pub mod extract_features;
 pub mod inspect;

@@ -10,34 +10,124 @@ use crate::{bail, Result};
 use crema_proto::caffe::LayerParameter;
 
 /// The four gates, each N×D, in Caffe's order inside X.
-const GATES: usize = 4;
+pub const GATES: usize = 4;
 
-pub struct LstmUnit {
-    /// (items N, hidden size D)
-    dims: (usize, usize),
+/// The work of one LSTM step, shared by LSTMUnit and the unrolled LSTM layer.
+#[derive(Default)]
+pub struct Cell {
     /// Activated gates i, f (masked by the flags), o, g.
     gates: [Work; GATES],
     tanh_c: Work,
     scratch: Work,
-    /// Gradient of the cell state through c and h.
     dc: Work,
+    dgate: Work,
+}
+
+impl Cell {
+    /// c = f·c' + i·g and h = o·tanh(c) for N items of D units; keeps the gates for backward.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &mut self,
+        e: &dyn Engine,
+        (n, d): (usize, usize),
+        c_prev: &Buffer,
+        x: &Buffer,
+        cont: &Buffer,
+        c: &mut Buffer,
+        h: &mut Buffer,
+    ) {
+        let [i, f, o, g] = &mut self.gates;
+        let (i, f, o, g) = (
+            i.get(e, n * d),
+            f.get(e, n * d),
+            o.get(e, n * d),
+            g.get(e, n * d),
+        );
+        for (k, buf) in [&mut *i, &mut *f, &mut *o, &mut *g].into_iter().enumerate() {
+            e.copy_blocks(n, d, x, k * d, GATES * d, buf, 0, d);
+        }
+        e.act_forward(Activation::Sigmoid, None, i);
+        e.act_forward(Activation::Sigmoid, None, f);
+        e.act_forward(Activation::Sigmoid, None, o);
+        e.act_forward(Activation::TanH, None, g);
+        // The forget gate is zero where a new sequence starts (flag 0).
+        e.channel_scale(1, n, d, cont, None, f);
+        e.mul(Some(f), c_prev, c);
+        let ig = self.scratch.get(e, n * d);
+        e.mul(Some(i), g, ig);
+        e.axpby(1.0, ig, 1.0, c);
+        let tc = self.tanh_c.get(e, n * d);
+        e.act_forward(Activation::TanH, Some(c), tc);
+        e.mul(Some(o), tc, h);
+    }
+
+    /// Gradients of the step that `forward` last ran, from the top diffs dC and dH: dc' and dX
+    /// (each overwritten, where asked for).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &mut self,
+        e: &dyn Engine,
+        (n, d): (usize, usize),
+        c_prev: &Buffer,
+        dc_top: &Buffer,
+        dh_top: &Buffer,
+        dc_prev: Option<&mut Buffer>,
+        dx: Option<&mut Buffer>,
+    ) -> Result<()> {
+        let [Some(i), Some(f), Some(o), Some(g)] = self.gates.each_ref().map(|w| w.buf()) else {
+            bail!("backward ran before forward");
+        };
+        let Some(tc) = self.tanh_c.buf() else {
+            bail!("backward ran before forward")
+        };
+        let t = self.scratch.get(e, n * d);
+        let dc = self.dc.get(e, n * d);
+        // dc = dC + dH · o · (1 - tanh²c)
+        e.mul(Some(dh_top), o, t);
+        e.act_backward(Activation::TanH, tc, tc, Some(t), dc);
+        e.axpby(1.0, dc_top, 1.0, dc);
+        if let Some(dcp) = dc_prev {
+            e.mul(Some(dc), f, dcp);
+        }
+        if let Some(dx) = dx {
+            let dgate = self.dgate.get(e, n * d);
+            let put = |k: usize, dgate: &Buffer, dx: &mut Buffer| {
+                e.copy_blocks(n, d, dgate, 0, d, dx, k * d, GATES * d)
+            };
+            // input gate: dc · g · i(1 - i)
+            e.mul(Some(dc), g, t);
+            e.act_backward(Activation::Sigmoid, i, i, Some(t), dgate);
+            put(0, dgate, dx);
+            // forget gate: dc · c' · f(1 - f), zero where f was masked
+            e.mul(Some(dc), c_prev, t);
+            e.act_backward(Activation::Sigmoid, f, f, Some(t), dgate);
+            put(1, dgate, dx);
+            // output gate: dH · tanh c · o(1 - o)
+            e.mul(Some(dh_top), tc, t);
+            e.act_backward(Activation::Sigmoid, o, o, Some(t), dgate);
+            put(2, dgate, dx);
+            // candidate: dc · i · (1 - g²)
+            e.mul(Some(dc), i, t);
+            e.act_backward(Activation::TanH, g, g, Some(t), dgate);
+            put(3, dgate, dx);
+        }
+        Ok(())
+    }
+}
+
+pub struct LstmUnit {
+    /// (items N, hidden size D)
+    dims: (usize, usize),
+    cell: Cell,
 }
 
 impl LstmUnit {
     pub fn create(_lp: &LayerParameter) -> Result<Box<dyn Layer>> {
         Ok(Box::new(LstmUnit {
             dims: (0, 0),
-            gates: Default::default(),
-            tanh_c: Work::default(),
-            scratch: Work::default(),
-            dc: Work::default(),
+            cell: Cell::default(),
         }))
     }
-}
-
-/// Copies gate `k` of X (N×4D) to or from an N×D buffer.
-fn gate_copy(e: &dyn Engine, n: usize, d: usize, k: usize, x: &Buffer, g: &mut Buffer) {
-    e.copy_blocks(n, d, x, k * d, GATES * d, g, 0, d);
 }
 
 impl Layer for LstmUnit {
@@ -70,33 +160,10 @@ impl Layer for LstmUnit {
     }
 
     fn forward(&mut self, cx: &Ctx, bottom: &[BlobRef], top: &[BlobRef]) -> Result<()> {
-        let e = cx.engine;
-        let (n, d) = self.dims;
-        let x = bottom[1].data();
-        let [i, f, o, g] = &mut self.gates;
-        let (i, f, o, g) = (
-            i.get(e, n * d),
-            f.get(e, n * d),
-            o.get(e, n * d),
-            g.get(e, n * d),
-        );
-        for (k, buf) in [&mut *i, &mut *f, &mut *o, &mut *g].into_iter().enumerate() {
-            gate_copy(e, n, d, k, &x, buf);
-        }
-        e.act_forward(Activation::Sigmoid, None, i);
-        e.act_forward(Activation::Sigmoid, None, f);
-        e.act_forward(Activation::Sigmoid, None, o);
-        e.act_forward(Activation::TanH, None, g);
-        // The forget gate is zero where a new sequence starts (flag 0).
-        e.channel_scale(1, n, d, &bottom[2].data(), None, f);
-        let mut c = top[0].data_mut();
-        e.mul(Some(f), &bottom[0].data(), &mut c);
-        let ig = self.scratch.get(e, n * d);
-        e.mul(Some(i), g, ig);
-        e.axpby(1.0, ig, 1.0, &mut c);
-        let tc = self.tanh_c.get(e, n * d);
-        e.act_forward(Activation::TanH, Some(&*c), tc);
-        e.mul(Some(o), tc, &mut top[1].data_mut());
+        let (c_prev, x, cont) = (bottom[0].data(), bottom[1].data(), bottom[2].data());
+        let (mut c, mut h) = (top[0].data_mut(), top[1].data_mut());
+        self.cell
+            .forward(cx.engine, self.dims, &c_prev, &x, &cont, &mut c, &mut h);
         Ok(())
     }
 
@@ -110,43 +177,17 @@ impl Layer for LstmUnit {
         if pd[2] {
             bail!("cannot backpropagate to the sequence flags; set propagate_down: false for them");
         }
-        let e = cx.engine;
-        let (n, d) = self.dims;
-        let [Some(i), Some(f), Some(o), Some(g)] = self.gates.each_ref().map(|w| w.buf()) else {
-            bail!("backward ran before forward");
-        };
-        let Some(tc) = self.tanh_c.buf() else {
-            bail!("backward ran before forward")
-        };
-        let t = self.scratch.get(e, n * d);
-        let dc = self.dc.get(e, n * d);
-        // dc = dC + dH · o · (1 - tanh²c)
-        e.mul(Some(&*top[1].diff()), o, t);
-        e.act_backward(Activation::TanH, tc, tc, Some(t), dc);
-        e.axpby(1.0, &top[0].diff(), 1.0, dc);
-        if pd[0] {
-            e.mul(Some(dc), f, &mut bottom[0].diff_mut());
-        }
-        if pd[1] {
-            let mut dx = bottom[1].diff_mut();
-            let mut dgate = e.alloc(n * d);
-            // input gate: dc · g · i(1 - i)
-            e.mul(Some(dc), g, t);
-            e.act_backward(Activation::Sigmoid, i, i, Some(t), &mut dgate);
-            e.copy_blocks(n, d, &dgate, 0, d, &mut dx, 0, GATES * d);
-            // forget gate: dc · c' · f(1 - f), zero where f was masked
-            e.mul(Some(dc), &bottom[0].data(), t);
-            e.act_backward(Activation::Sigmoid, f, f, Some(t), &mut dgate);
-            e.copy_blocks(n, d, &dgate, 0, d, &mut dx, d, GATES * d);
-            // output gate: dH · tanh c · o(1 - o)
-            e.mul(Some(&*top[1].diff()), tc, t);
-            e.act_backward(Activation::Sigmoid, o, o, Some(t), &mut dgate);
-            e.copy_blocks(n, d, &dgate, 0, d, &mut dx, 2 * d, GATES * d);
-            // candidate: dc · i · (1 - g²)
-            e.mul(Some(dc), i, t);
-            e.act_backward(Activation::TanH, g, g, Some(t), &mut dgate);
-            e.copy_blocks(n, d, &dgate, 0, d, &mut dx, 3 * d, GATES * d);
-        }
-        Ok(())
+        let (dc_top, dh_top) = (top[0].diff(), top[1].diff());
+        let mut dcp = pd[0].then(|| bottom[0].diff_mut());
+        let mut dx = pd[1].then(|| bottom[1].diff_mut());
+        self.cell.backward(
+            cx.engine,
+            self.dims,
+            &bottom[0].data(),
+            &dc_top,
+            &dh_top,
+            dcp.as_deref_mut(),
+            dx.as_deref_mut(),
+        )
     }
 }

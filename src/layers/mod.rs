@@ -31,6 +31,7 @@ mod normalization;
 mod parameter;
 mod pooling;
 mod prelu;
+mod recurrent;
 mod reduction;
 mod rows;
 mod scale;
@@ -143,6 +144,7 @@ fn registry() -> &'static [(&'static str, Constructor)] {
         ("InnerProduct", inner_product::InnerProduct::create),
         ("Input", input::Input::create),
         ("LRN", lrn::Lrn::create),
+        ("LSTM", recurrent::Recurrent::create),
         ("LSTMUnit", lstm_unit::LstmUnit::create),
         ("Log", neuron::Neuron::create),
         ("MVN", mvn::Mvn::create),
@@ -151,6 +153,7 @@ fn registry() -> &'static [(&'static str, Constructor)] {
         ("Pooling", pooling::Pooling::create),
         ("PReLU", prelu::PRelu::create),
         ("Power", neuron::Neuron::create),
+        ("RNN", recurrent::Recurrent::create),
         ("Reduction", reduction::Reduction::create),
         ("ReLU", neuron::Neuron::create),
         ("Reshape", shape::Reshape::create),
