@@ -69,7 +69,7 @@ pub fn extract_features(
             for item in values.chunks(dim.max(1)) {
                 writer.put(&feature_key(counts[i]), &feature_datum(&shape, item))?;
                 counts[i] += 1;
-                if counts[i] % 1000 == 0 {
+                if counts[i].is_multiple_of(1000) {
                     tracing::info!(
                         "Extracted features of {} query images for feature blob {}",
                         counts[i],

@@ -87,7 +87,7 @@ fn declared(l: &LayerParameter) -> Declared {
             d.batch = l.hdf5_data_param.clone().unwrap_or_default().batch_size() as usize;
         }
         "MemoryData" => {
-            let p = l.memory_data_param.clone().unwrap_or_default();
+            let p = l.memory_data_param.unwrap_or_default();
             d.batch = p.batch_size() as usize;
             d.channels = Some(p.channels() as usize);
             d.height = Some(p.height() as usize);
