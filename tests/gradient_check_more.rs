@@ -1458,3 +1458,97 @@ fn lstm_matches_lstm_unit_steps_and_caffe_blob_order() {
     }
     assert_close("LSTM outputs", &rig.top(0), &want, 1e-6);
 }
+
+// ---------------------------------------------------------------------------------------------
+// HDF5Data and HDF5Output (cargo feature `hdf5`)
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(not(feature = "hdf5"))]
+#[test]
+fn hdf5_layers_explain_the_missing_feature() {
+    for ty in ["HDF5Data", "HDF5Output"] {
+        let text = format!(r#"name: "h" type: "{ty}" top: "data""#);
+        let err = create_layer(&layer_param(&text))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("--features hdf5"), "{ty}: {err}");
+    }
+}
+
+#[cfg(feature = "hdf5")]
+#[test]
+fn hdf5_data_reads_rows_across_files_and_output_writes_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let write = |name: &str, data: &[f64], label: &[f32]| {
+        let path = dir.path().join(name);
+        let f = hdf5_metno::File::create(&path).expect("create h5");
+        let rows = label.len();
+        f.new_dataset::<f64>()
+            .shape(vec![rows, 2])
+            .create("data")
+            .expect("data")
+            .write_raw(data)
+            .expect("write");
+        f.new_dataset::<f32>()
+            .shape(vec![rows])
+            .create("label")
+            .expect("label")
+            .write_raw(label)
+            .expect("write");
+        path
+    };
+    let a = write(
+        "a.h5",
+        &[0.0, 1.0, 10.0, 11.0, 20.0, 21.0],
+        &[0.0, 1.0, 2.0],
+    );
+    let b = write("b.h5", &[30.0, 31.0, 40.0, 41.0], &[3.0, 4.0]);
+    let list = dir.path().join("list.txt");
+    std::fs::write(&list, format!("{}\n{}\n", a.display(), b.display())).expect("list");
+    let text = format!(
+        r#"name: "d" type: "HDF5Data" top: "data" top: "label" hdf5_data_param {{ source: "{}" batch_size: 4 }}"#,
+        list.display()
+    );
+    let mut rig = Rig::new(&text, Phase::Train, &[], 2);
+    assert_eq!((rig.top_shape(0), rig.top_shape(1)), (vec![4, 2], vec![4]));
+    rig.forward();
+    assert_eq!(
+        rig.top(0),
+        vec![0.0, 1.0, 10.0, 11.0, 20.0, 21.0, 30.0, 31.0]
+    );
+    assert_eq!(rig.top(1), vec![0.0, 1.0, 2.0, 3.0]);
+    // The next batch finishes the second file and wraps around to the first.
+    rig.forward();
+    assert_eq!(rig.top(1), vec![4.0, 0.0, 1.0, 2.0]);
+
+    let out = dir.path().join("out.h5");
+    let text = format!(
+        r#"name: "o" type: "HDF5Output" hdf5_output_param {{ file_name: "{}" }}"#,
+        out.display()
+    );
+    let mut rig = Rig::new(
+        &text,
+        Phase::Test,
+        &[
+            (vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]),
+            (vec![2], vec![7.0, 8.0]),
+        ],
+        0,
+    );
+    rig.forward();
+    let f = hdf5_metno::File::open(&out).expect("open output");
+    let data = f.dataset("data").expect("data");
+    assert_eq!(data.shape(), vec![2, 2]);
+    assert_eq!(
+        data.read_raw::<f32>().expect("read"),
+        vec![1.0, 2.0, 3.0, 4.0]
+    );
+    assert_eq!(
+        f.dataset("label")
+            .expect("label")
+            .read_raw::<f32>()
+            .expect("read"),
+        vec![7.0, 8.0]
+    );
+}

@@ -17,6 +17,7 @@ mod crop;
 mod deconv;
 mod eltwise;
 mod embed;
+mod hdf5;
 mod hinge_loss;
 mod im2col;
 mod input;
@@ -137,6 +138,8 @@ fn registry() -> &'static [(&'static str, Constructor)] {
         ("Exp", neuron::Neuron::create),
         ("Filter", rows::Filter::create),
         ("Flatten", shape::Flatten::create),
+        ("HDF5Data", hdf5::create_data),
+        ("HDF5Output", hdf5::create_output),
         ("HingeLoss", hinge_loss::HingeLoss::create),
         ("Im2col", im2col::Im2col::create),
         ("ImageData", crate::data::ImageDataLayer::create),
