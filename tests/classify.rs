@@ -219,3 +219,64 @@ fn classify_matches_opencv_dnn_on_the_same_preprocessing() {
         );
     }
 }
+
+#[test]
+fn jpeg_pixels_equal_opencv_imread() {
+    let Some(shared) = shared() else { return };
+    let python = std::env::var("CREMA_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let have_cv2 = Command::new(&python)
+        .args([
+            "-c",
+            "import cv2, numpy; assert int(cv2.__version__.split('.')[0]) == 4",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have_cv2 {
+        println!("skipping: {python} cannot import cv2 4.x (pip install 'opencv-python-headless<5' numpy)");
+        return;
+    }
+    use crema_data_tools::image_io::{decode, ColorMode};
+    // BVLC's example photos (colour, and a grey JPEG) and CIFAR-10 test JPEGs (4:2:0 colour).
+    let mut files: Vec<PathBuf> = ["cat.jpg", "cat_gray.jpg", "fish-bike.jpg"]
+        .iter()
+        .map(|f| shared.join("data/images").join(f))
+        .collect();
+    let cifar = shared.join("data/cifar10/test/cat");
+    if let Ok(rd) = std::fs::read_dir(&cifar) {
+        let mut c: Vec<PathBuf> = rd.map(|e| e.unwrap().path()).collect();
+        c.sort();
+        files.extend(c.into_iter().take(100));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (mode, name) in [(ColorMode::Color, "color"), (ColorMode::Gray, "gray")] {
+        let mut raw = vec![];
+        for f in &files {
+            raw.extend(decode(&std::fs::read(f).unwrap(), mode, f).unwrap().data);
+        }
+        let raw_path = dir.path().join(format!("{name}.raw"));
+        std::fs::write(&raw_path, raw).unwrap();
+        let out = Command::new(&python)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/opencv_imread.py"))
+            .arg(&raw_path)
+            .arg(name)
+            .args(&files)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        println!(
+            "{name}: {} files, differing values and largest difference: {}",
+            files.len(),
+            text.trim()
+        );
+        assert_eq!(
+            text.trim(),
+            "0 0",
+            "{name}: crema's decoded pixels differ from cv2.imread's"
+        );
+    }
+}

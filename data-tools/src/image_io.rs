@@ -4,7 +4,7 @@ use std::io::Cursor;
 use std::path::Path;
 
 use crema_proto::caffe::Datum;
-use image::{DynamicImage, ImageDecoder, ImageReader};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 
 use crate::error::{DataError, Result};
 
@@ -49,22 +49,34 @@ pub fn decode_full(bytes: &[u8], mode: ColorMode, source: &Path) -> Result<(Imag
     if reader.format().is_none() {
         return Err(fail("not a JPEG, PNG or BMP file".into()));
     }
+    let is_jpeg = reader.format() == Some(ImageFormat::Jpeg);
     let mut decoder = reader.into_decoder().map_err(|e| fail(e.to_string()))?;
     let orientation = decoder.orientation().map_err(|e| fail(e.to_string()))?;
-    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| fail(e.to_string()))?;
+    // JPEG pixels come from libjpeg (mozjpeg, a libjpeg-turbo fork), as OpenCV's do: `image`'s
+    // own decoder rounds its IDCT and chroma upsampling differently (±4 grey levels).
+    let libjpeg = if is_jpeg { decode_libjpeg(bytes, mode) } else { None };
+    let (mut img, source_has_color) = match libjpeg {
+        Some(decoded) => decoded,
+        None => {
+            let img = DynamicImage::from_decoder(decoder).map_err(|e| fail(e.to_string()))?;
+            let color = img.color().has_color();
+            (img, color)
+        }
+    };
     img.apply_orientation(orientation);
     let (width, height) = (img.width() as usize, img.height() as usize);
     if width == 0 || height == 0 {
         return Err(fail("the image is empty (0 pixels)".into()));
     }
-    let source_has_color = img.color().has_color();
     let gray = match mode {
         ColorMode::Gray => true,
         ColorMode::Color => false,
         ColorMode::Native => !source_has_color,
     };
     let data = if gray {
-        if source_has_color {
+        if let DynamicImage::ImageLuma8(g) = &img {
+            g.as_raw().clone()
+        } else if source_has_color {
             img.to_rgb8()
                 .as_raw()
                 .chunks_exact(3)
@@ -87,6 +99,34 @@ pub fn decode_full(bytes: &[u8], mode: ColorMode, source: &Path) -> Result<(Imag
         data,
     };
     Ok((img, source_has_color))
+}
+
+/// Decodes a JPEG with libjpeg as OpenCV's imread does: grey output (libjpeg's own Y channel)
+/// when asked for grey or when the file is grey, RGB otherwise. Returns the image and whether
+/// the file is in colour, or None (CMYK files, or a decoding error) to fall back on `image`.
+fn decode_libjpeg(bytes: &[u8], mode: ColorMode) -> Option<(DynamicImage, bool)> {
+    std::panic::catch_unwind(|| -> Option<(DynamicImage, bool)> {
+        use mozjpeg::ColorSpace;
+        let d = mozjpeg::Decompress::new_mem(bytes).ok()?;
+        let color = match d.color_space() {
+            ColorSpace::JCS_GRAYSCALE => false,
+            ColorSpace::JCS_YCbCr | ColorSpace::JCS_RGB => true,
+            _ => return None,
+        };
+        let (w, h) = (d.width() as u32, d.height() as u32);
+        let gray = mode == ColorMode::Gray || !color;
+        let mut started = if gray { d.grayscale().ok()? } else { d.rgb().ok()? };
+        let px: Vec<u8> = started.read_scanlines().ok()?;
+        started.finish().ok()?;
+        let img = if gray {
+            DynamicImage::ImageLuma8(image::GrayImage::from_raw(w, h, px)?)
+        } else {
+            DynamicImage::ImageRgb8(image::RgbImage::from_raw(w, h, px)?)
+        };
+        Some((img, color))
+    })
+    .ok()
+    .flatten()
 }
 
 /// OpenCV's fixed-point BGR2GRAY: Y = 0.299 R + 0.587 G + 0.114 B, rounded.
