@@ -170,10 +170,8 @@ fn classify_matches_opencv_dnn_on_the_same_preprocessing() {
         return;
     }
     // 28×28 files go to the net as they are: the probabilities must agree to 1e-4. 36×36 files are
-    // resized to 28×28 by both sides; OpenCV's SIMD vertical pass rounds some pixels one grey
-    // level differently from crema's (and its own scalar) fixed-point rule, so only the top-1 and
-    // a looser bound are asserted there.
-    for (size, mean, bound) in [(28, "0", 1e-4), (28, "33", 1e-4), (36, "0", 1e-2)] {
+    // resized to 28×28 by both sides, with the same pixels.
+    for (size, mean, bound) in [(28, "0", 1e-4), (28, "33", 1e-4), (36, "0", 1e-4)] {
         let dir = tempfile::tempdir().unwrap();
         let (files, _) = mnist_pngs(&shared, dir.path(), 200, size);
         let zoo = shared.join("zoo/lenet");
@@ -235,7 +233,7 @@ fn jpeg_pixels_equal_opencv_imread() {
         println!("skipping: {python} cannot import cv2 4.x (pip install 'opencv-python-headless<5' numpy)");
         return;
     }
-    use crema_data_tools::image_io::{decode, ColorMode};
+    use crema_data_tools::image_io::{decode, resize_bilinear, ColorMode};
     // BVLC's example photos (colour, and a grey JPEG) and CIFAR-10 test JPEGs (4:2:0 colour).
     let mut files: Vec<PathBuf> = ["cat.jpg", "cat_gray.jpg", "fish-bike.jpg"]
         .iter()
@@ -248,17 +246,35 @@ fn jpeg_pixels_equal_opencv_imread() {
         files.extend(c.into_iter().take(100));
     }
     let dir = tempfile::tempdir().unwrap();
-    for (mode, name) in [(ColorMode::Color, "color"), (ColorMode::Gray, "gray")] {
+    // Decoding alone, then decoding and resizing down, up, and by an exact half.
+    let cases = [
+        (ColorMode::Color, "color", None),
+        (ColorMode::Gray, "gray", None),
+        (ColorMode::Color, "color", Some((227, 227))),
+        (ColorMode::Gray, "gray", Some((28, 28))),
+        (ColorMode::Color, "color", Some((45, 71))),
+        (ColorMode::Color, "color", Some((16, 16))),
+    ];
+    for (mode, name, size) in cases {
         let mut raw = vec![];
         for f in &files {
-            raw.extend(decode(&std::fs::read(f).unwrap(), mode, f).unwrap().data);
+            let img = decode(&std::fs::read(f).unwrap(), mode, f).unwrap();
+            let img = match size {
+                Some((h, w)) => resize_bilinear(&img, h, w),
+                None => img,
+            };
+            raw.extend(img.data);
         }
         let raw_path = dir.path().join(format!("{name}.raw"));
         std::fs::write(&raw_path, raw).unwrap();
+        let arg = match size {
+            Some((h, w)) => format!("{name}:{h}x{w}"),
+            None => name.to_string(),
+        };
         let out = Command::new(&python)
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/opencv_imread.py"))
             .arg(&raw_path)
-            .arg(name)
+            .arg(&arg)
             .args(&files)
             .output()
             .unwrap();
@@ -269,14 +285,14 @@ fn jpeg_pixels_equal_opencv_imread() {
         );
         let text = String::from_utf8(out.stdout).unwrap();
         println!(
-            "{name}: {} files, differing values and largest difference: {}",
+            "{arg}: {} files, differing values and largest difference: {}",
             files.len(),
             text.trim()
         );
         assert_eq!(
             text.trim(),
             "0 0",
-            "{name}: crema's decoded pixels differ from cv2.imread's"
+            "{arg}: crema's pixels differ from OpenCV's"
         );
     }
 }

@@ -54,7 +54,11 @@ pub fn decode_full(bytes: &[u8], mode: ColorMode, source: &Path) -> Result<(Imag
     let orientation = decoder.orientation().map_err(|e| fail(e.to_string()))?;
     // JPEG pixels come from libjpeg (mozjpeg, a libjpeg-turbo fork), as OpenCV's do: `image`'s
     // own decoder rounds its IDCT and chroma upsampling differently (±4 grey levels).
-    let libjpeg = if is_jpeg { decode_libjpeg(bytes, mode) } else { None };
+    let libjpeg = if is_jpeg {
+        decode_libjpeg(bytes, mode)
+    } else {
+        None
+    };
     let (mut img, source_has_color) = match libjpeg {
         Some(decoded) => decoded,
         None => {
@@ -115,7 +119,11 @@ fn decode_libjpeg(bytes: &[u8], mode: ColorMode) -> Option<(DynamicImage, bool)>
         };
         let (w, h) = (d.width() as u32, d.height() as u32);
         let gray = mode == ColorMode::Gray || !color;
-        let mut started = if gray { d.grayscale().ok()? } else { d.rgb().ok()? };
+        let mut started = if gray {
+            d.grayscale().ok()?
+        } else {
+            d.rgb().ok()?
+        };
         let px: Vec<u8> = started.read_scanlines().ok()?;
         started.finish().ok()?;
         let img = if gray {
@@ -134,8 +142,10 @@ fn rgb_to_gray(r: u8, g: u8, b: u8) -> u8 {
     ((r as u32 * 4899 + g as u32 * 9617 + b as u32 * 1868 + (1 << 13)) >> 14) as u8
 }
 
-/// Bilinear resize as OpenCV's `INTER_LINEAR` does it for 8-bit images: half-pixel centres,
-/// edge clamping, no antialiasing, 11-bit fixed-point weights.
+/// Bilinear resize bit-exact with OpenCV's `INTER_LINEAR` for 8-bit images: half-pixel centres,
+/// single-precision source coordinates, 11-bit fixed-point weights, columns clamped at the edges
+/// (weight 0) but rows blended with their unclamped weights, and the vertical blend of OpenCV's
+/// SIMD path: `((h0 >> 4) * b0 >> 16) + ((h1 >> 4) * b1 >> 16)`, rounded by `(v + 2) >> 2`.
 ///
 /// Why not `image`'s Triangle filter: it widens its kernel when shrinking (antialiasing), which
 /// OpenCV does not, so LMDBs made here would differ visibly from those Caffe makes.
@@ -143,30 +153,33 @@ pub fn resize_bilinear(img: &Image8, new_height: usize, new_width: usize) -> Ima
     if img.height == new_height && img.width == new_width {
         return img.clone();
     }
-    const SCALE: i32 = 1 << 11;
-    let taps = |dst: usize, src: usize| -> Vec<(usize, usize, i32, i32)> {
-        let scale = src as f64 / dst as f64;
+    const SCALE: f32 = 2048.0;
+    // OpenCV: fx = (float)((dx + 0.5) * scale - 0.5); sx = floor(fx); fx -= sx; weights
+    // saturate_cast<short>((1 - fx) * 2048) and saturate_cast<short>(fx * 2048), rounded to even.
+    let coeffs = |dst: usize, src: usize, clamp_weights: bool| -> Vec<(usize, usize, i32, i32)> {
+        let scale = 1.0 / (dst as f64 / src as f64);
         (0..dst)
             .map(|d| {
-                let f = (d as f64 + 0.5) * scale - 0.5;
-                let mut s = f.floor() as isize;
-                let mut frac = f - s as f64;
-                if s < 0 {
+                let f = ((d as f64 + 0.5) * scale - 0.5) as f32;
+                let mut s = f.floor() as i64;
+                let mut frac = f - s as f32;
+                if clamp_weights && s < 0 {
                     s = 0;
                     frac = 0.0;
                 }
-                if s as usize >= src - 1 {
-                    s = src as isize - 1;
+                if clamp_weights && s >= src as i64 - 1 {
+                    s = src as i64 - 1;
                     frac = 0.0;
                 }
-                let s = s as usize;
-                let w1 = (frac * SCALE as f64).round() as i32;
-                (s, (s + 1).min(src - 1), SCALE - w1, w1)
+                let clip = |i: i64| i.clamp(0, src as i64 - 1) as usize;
+                let w0 = ((1.0 - frac) * SCALE).round_ties_even() as i32;
+                let w1 = (frac * SCALE).round_ties_even() as i32;
+                (clip(s), clip(s + 1), w0, w1)
             })
             .collect()
     };
-    let xs = taps(new_width, img.width);
-    let ys = taps(new_height, img.height);
+    let xs = coeffs(new_width, img.width, true);
+    let ys = coeffs(new_height, img.height, false);
     let c = img.channels;
     // Horizontal pass per source row needed, then vertical blend, as OpenCV does.
     let hrow = |y: usize| -> Vec<i32> {
@@ -188,8 +201,11 @@ pub fn resize_bilinear(img: &Image8, new_height: usize, new_width: usize) -> Ima
             _ => (hrow(y0), hrow(y1)),
         };
         for (&v0, &v1) in r0.iter().zip(&r1) {
-            let v = (v0 as i64 * b0 as i64 + v1 as i64 * b1 as i64 + (1 << 21)) >> 22;
-            data.push(v.clamp(0, 255) as u8);
+            // v_pack saturates to i16; v_mul_hi keeps the high 16 bits of the i16×i16 product.
+            let h0 = (v0 >> 4).clamp(i16::MIN as i32, i16::MAX as i32);
+            let h1 = (v1 >> 4).clamp(i16::MIN as i32, i16::MAX as i32);
+            let v = ((h0 * b0) >> 16) + ((h1 * b1) >> 16);
+            data.push(((v + 2) >> 2).clamp(0, 255) as u8);
         }
         cache = Some((y0, r0, y1, r1));
     }

@@ -1,7 +1,8 @@
 """Compares decoded pixels with cv2.imread: RAW holds the files' pixels back to back (H×W×C, BGR
 or grey, as crema decodes them). Prints the number of values that differ and the largest difference.
 
-usage: opencv_imread.py RAW color|gray FILE...
+usage: opencv_imread.py RAW color|gray[:HxW] FILE...
+With :HxW each image is first resized to H×W with cv2.resize (INTER_LINEAR).
 """
 import sys
 
@@ -11,11 +12,16 @@ import numpy as np
 
 def main():
     raw, mode = sys.argv[1:3]
+    mode, _, size = mode.partition(":")
     flag = cv2.IMREAD_GRAYSCALE if mode == "gray" else cv2.IMREAD_COLOR
     ours = np.fromfile(raw, dtype=np.uint8)
     pos, differ, largest = 0, 0, 0
     for f in sys.argv[3:]:
-        theirs = cv2.imread(f, flag).reshape(-1)
+        theirs = cv2.imread(f, flag)
+        if size:
+            h, w = (int(v) for v in size.split("x"))
+            theirs = cv2.resize(theirs, (w, h), interpolation=cv2.INTER_LINEAR)
+        theirs = theirs.reshape(-1)
         mine = ours[pos:pos + theirs.size].astype(int)
         pos += theirs.size
         d = np.abs(mine - theirs)
