@@ -82,7 +82,7 @@ fn caffe_log_gives_parse_log_py_tables() {
         std::fs::read_to_string(d.join("caffe.log.train")).unwrap(),
         train
     );
-    check_plot(d, "caffe.log", 2);
+    check_plot(d, "caffe.log", 3);
 }
 
 /// Plots `log` and checks the PNG: its size, and pixels of the train-loss and test colours.
