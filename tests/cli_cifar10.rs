@@ -39,20 +39,20 @@ fn ok(dir: &Path, args: &[&str]) -> String {
     text
 }
 
-/// The mean of every image under `root/<class>/`, decoded straight from the files, in
-/// Caffe's layout (B, G, R planes of H×W).
+/// The mean of every image under `root/<class>/`, each file decoded on its own by crema's
+/// decoder (libjpeg, as OpenCV), summed in f64, in Caffe's layout (B, G, R planes of H×W).
 fn direct_mean(root: &Path) -> Vec<f64> {
+    use crema_data_tools::image_io::{decode, ColorMode};
     let mut sum = vec![0f64; 3 * 32 * 32];
     let mut n = 0usize;
     for class in std::fs::read_dir(root).unwrap() {
         for file in std::fs::read_dir(class.unwrap().path()).unwrap() {
-            let img = image::open(file.unwrap().path()).unwrap().to_rgb8();
-            assert_eq!(img.dimensions(), (32, 32));
-            for (x, y, p) in img.enumerate_pixels() {
-                let at = (y * 32 + x) as usize;
-                for (c, v) in [p[2], p[1], p[0]].into_iter().enumerate() {
-                    sum[c * 1024 + at] += v as f64;
-                }
+            let path = file.unwrap().path();
+            let img = decode(&std::fs::read(&path).unwrap(), ColorMode::Color, &path).unwrap();
+            assert_eq!((img.channels, img.height, img.width), (3, 32, 32));
+            // Image8 is interleaved H×W×C, already in BGR order.
+            for (i, v) in img.data.iter().enumerate() {
+                sum[(i % 3) * 1024 + i / 3] += *v as f64;
             }
             n += 1;
         }
