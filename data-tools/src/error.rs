@@ -117,16 +117,9 @@ pub enum DataError {
         found: [u32; 3],
     },
 
-    /// A binaryproto file does not decode as the expected message.
-    #[error("{} is not a valid {what} binaryproto: {source}", path.display())]
-    Proto {
-        /// The file.
-        path: PathBuf,
-        /// The expected message type.
-        what: &'static str,
-        /// prost's reason.
-        source: prost::DecodeError,
-    },
+    /// A protobuf file (mean, weights) could not be read or decoded.
+    #[error(transparent)]
+    Proto(#[from] crema_proto::ProtoError),
 
     /// A mean file decodes but its contents are inconsistent.
     #[error("mean file {}: {reason}", path.display())]

@@ -6,7 +6,6 @@ pub mod imageset;
 pub mod lmdb;
 pub mod mean;
 pub mod mnist;
-pub mod proto_io;
 pub mod synth;
 pub mod transform;
 

@@ -10,7 +10,6 @@ use rayon::prelude::*;
 use crate::error::{DataError, Result};
 use crate::image_io::decode_datum;
 use crate::lmdb::{open_read_only, parse_datum};
-use crate::proto_io;
 
 /// Entries summed per parallel step.
 const CHUNK: usize = 2048;
@@ -184,13 +183,13 @@ fn bad_datum(db: &Path, key: &[u8], reason: String) -> DataError {
 
 /// Writes a mean BlobProto as a binaryproto file (atomically).
 pub fn write_mean(path: &Path, blob: &BlobProto) -> Result<()> {
-    proto_io::write_binary_atomic(path, blob)
+    Ok(crema_proto::write_binary_atomic(path, blob)?)
 }
 
 /// Reads a mean binaryproto in either the legacy (num/channels/height/width) or `shape` form.
 /// Leading dimensions beyond C×H×W must be 1.
 pub fn load_mean(path: &Path) -> Result<MeanImage> {
-    let blob: BlobProto = proto_io::read_binary(path, "caffe.BlobProto")?;
+    let blob: BlobProto = crema_proto::read_binary(path, "caffe.BlobProto")?;
     mean_from_blob(&blob).map_err(|reason| DataError::Mean {
         path: path.to_path_buf(),
         reason,
