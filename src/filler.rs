@@ -12,7 +12,11 @@ pub fn fill(param: &FillerParameter, shape: &[usize]) -> Result<Vec<f32>> {
     let n: usize = shape.iter().product();
     let num = shape.first().copied().unwrap_or(1).max(1);
     let fan_in = n / num;
-    let fan_out = if shape.len() > 1 { n / shape[1].max(1) } else { n };
+    let fan_out = if shape.len() > 1 {
+        n / shape[1].max(1)
+    } else {
+        n
+    };
     let fan = |norm: VarianceNorm| -> f32 {
         match norm {
             VarianceNorm::FanIn => fan_in as f32,

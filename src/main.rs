@@ -55,7 +55,11 @@ fn main() -> ExitCode {
     let args = cli::caffe_style_args(std::env::args().collect());
     let cli = Cli::parse_from(args);
     // The demo prints its own steps and shows only the solver's log; the rest log everything.
-    cli::log::init(if matches!(cli.command, Command::Demo(_)) { cli::demo::LOG_FILTER } else { "info" });
+    cli::log::init(if matches!(cli.command, Command::Demo(_)) {
+        cli::demo::LOG_FILTER
+    } else {
+        "info"
+    });
     let result = match &cli.command {
         Command::Demo(a) => cli::demo::run(a),
         Command::Train(a) => cli::train::run(a),

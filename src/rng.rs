@@ -20,5 +20,5 @@ pub fn with<R>(f: impl FnOnce(&mut StdRng) -> R) -> R {
 
 /// A fresh seed drawn from this thread's generator (for worker threads).
 pub fn next_seed() -> u64 {
-    with(|r| rand::Rng::gen(r))
+    with(rand::Rng::gen)
 }

@@ -2,9 +2,11 @@
 //! `input:`/`input_dim:`/`input_shape:` nets become the current `layer { type: "..." }` form.
 
 use crate::{bail, Result};
-use crema_proto::caffe::v1_layer_parameter::{DimCheckMode as V1Dim, LayerType};
 use crema_proto::caffe::param_spec::DimCheckMode;
-use crema_proto::caffe::{BlobShape, InputParameter, LayerParameter, NetParameter, ParamSpec, V1LayerParameter};
+use crema_proto::caffe::v1_layer_parameter::{DimCheckMode as V1Dim, LayerType};
+use crema_proto::caffe::{
+    BlobShape, InputParameter, LayerParameter, NetParameter, ParamSpec, V1LayerParameter,
+};
 use tracing::info;
 
 /// Caffe's type string for a V1 layer type.
@@ -103,7 +105,12 @@ pub fn upgrade_v1_layer(v1: &V1LayerParameter) -> Result<LayerParameter> {
         loss_param: v1.loss_param,
         ..Default::default()
     };
-    let n = v1.param.len().max(v1.blobs_lr.len()).max(v1.weight_decay.len()).max(v1.blob_share_mode.len());
+    let n = v1
+        .param
+        .len()
+        .max(v1.blobs_lr.len())
+        .max(v1.weight_decay.len())
+        .max(v1.blob_share_mode.len());
     for k in 0..n {
         let mut spec = ParamSpec::default();
         if let Some(name) = v1.param.get(k) {
@@ -134,8 +141,15 @@ pub fn upgrade_net(param: &NetParameter) -> Result<NetParameter> {
         if !net.layer.is_empty() {
             bail!("the net mixes `layer` and legacy `layers` entries; use one format");
         }
-        info!("Upgrading V1 net `{}` (layers {{ type: ENUM }}) to the current format", net.name());
-        net.layer = net.layers.iter().map(upgrade_v1_layer).collect::<Result<_>>()?;
+        info!(
+            "Upgrading V1 net `{}` (layers {{ type: ENUM }}) to the current format",
+            net.name()
+        );
+        net.layer = net
+            .layers
+            .iter()
+            .map(upgrade_v1_layer)
+            .collect::<Result<_>>()?;
         net.layers.clear();
     }
     upgrade_data_transformation(&mut net);
@@ -153,15 +167,24 @@ pub fn upgrade_net(param: &NetParameter) -> Result<NetParameter> {
             }
             net.input_dim
                 .chunks(4)
-                .map(|c| BlobShape { dim: c.iter().map(|d| *d as i64).collect() })
+                .map(|c| BlobShape {
+                    dim: c.iter().map(|d| *d as i64).collect(),
+                })
                 .collect()
         } else {
             bail!("the net declares `input` without input_shape or input_dim");
         };
         if shapes.len() != net.input.len() {
-            bail!("the net has {} inputs but {} input shapes", net.input.len(), shapes.len());
+            bail!(
+                "the net has {} inputs but {} input shapes",
+                net.input.len(),
+                shapes.len()
+            );
         }
-        info!("Upgrading input fields of net `{}` to an Input layer", net.name());
+        info!(
+            "Upgrading input fields of net `{}` to an Input layer",
+            net.name()
+        );
         let input = LayerParameter {
             name: Some("input".to_string()),
             r#type: Some("Input".to_string()),
@@ -184,9 +207,17 @@ fn upgrade_data_transformation(net: &mut NetParameter) {
         ($layer:expr, $field:ident) => {{
             let l: &mut LayerParameter = $layer;
             if let Some(p) = l.$field.as_mut() {
-                let (scale, mean, crop, mirror) = (p.scale.take(), p.mean_file.take(), p.crop_size.take(), p.mirror.take());
+                let (scale, mean, crop, mirror) = (
+                    p.scale.take(),
+                    p.mean_file.take(),
+                    p.crop_size.take(),
+                    p.mirror.take(),
+                );
                 if scale.is_some() || mean.is_some() || crop.is_some() || mirror.is_some() {
-                    info!("Upgrading legacy transformation fields of layer `{}` to transform_param", l.name());
+                    info!(
+                        "Upgrading legacy transformation fields of layer `{}` to transform_param",
+                        l.name()
+                    );
                     let t = l.transform_param.get_or_insert_with(Default::default);
                     if scale.is_some() {
                         t.scale = scale;
@@ -223,7 +254,9 @@ fn upgrade_batch_norm(net: &mut NetParameter) {
 }
 
 /// Upgrades a solver: the legacy `solver_type` enum becomes the `type` string.
-pub fn upgrade_solver(param: &crema_proto::caffe::SolverParameter) -> Result<crema_proto::caffe::SolverParameter> {
+pub fn upgrade_solver(
+    param: &crema_proto::caffe::SolverParameter,
+) -> Result<crema_proto::caffe::SolverParameter> {
     let mut p = param.clone();
     if let Some(v) = p.solver_type.take() {
         const NAMES: [&str; 6] = ["SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"];
@@ -251,11 +284,13 @@ mod tests {
 
     #[test]
     fn v1_layers_become_current_layers_with_param_specs() {
-        let n = net(r#"name: "x" layers { name: "c" type: CONVOLUTION bottom: "data" top: "c"
+        let n = net(
+            r#"name: "x" layers { name: "c" type: CONVOLUTION bottom: "data" top: "c"
             blobs_lr: 1 blobs_lr: 2 weight_decay: 1 weight_decay: 0 param: "w"
             convolution_param { num_output: 3 kernel_size: 3 }
             include { phase: TRAIN } }
-            layers { name: "l" type: SOFTMAX_LOSS bottom: "c" bottom: "label" }"#);
+            layers { name: "l" type: SOFTMAX_LOSS bottom: "c" bottom: "label" }"#,
+        );
         let u = upgrade_net(&n).unwrap();
         assert!(u.layers.is_empty());
         assert_eq!(u.layer[0].r#type(), "Convolution");
@@ -269,28 +304,45 @@ mod tests {
 
     #[test]
     fn input_dims_become_an_input_layer() {
-        let n = net(r#"input: "data" input_dim: 1 input_dim: 3 input_dim: 8 input_dim: 8
-            layer { name: "r" type: "ReLU" bottom: "data" top: "data" }"#);
+        let n = net(
+            r#"input: "data" input_dim: 1 input_dim: 3 input_dim: 8 input_dim: 8
+            layer { name: "r" type: "ReLU" bottom: "data" top: "data" }"#,
+        );
         let u = upgrade_net(&n).unwrap();
         assert_eq!(u.layer[0].r#type(), "Input");
-        assert_eq!(u.layer[0].input_param.as_ref().unwrap().shape[0].dim, vec![1, 3, 8, 8]);
+        assert_eq!(
+            u.layer[0].input_param.as_ref().unwrap().shape[0].dim,
+            vec![1, 3, 8, 8]
+        );
         let bad = net(r#"input: "data" input_dim: 1 input_dim: 3"#);
-        assert!(upgrade_net(&bad).unwrap_err().to_string().contains("four (N, C, H, W)"));
+        assert!(upgrade_net(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("four (N, C, H, W)"));
     }
 
     #[test]
     fn legacy_transform_fields_move_to_transform_param() {
-        let n = net(r#"layer { name: "d" type: "Data" top: "data" data_param { source: "x" batch_size: 4 scale: 0.5 crop_size: 3 mirror: true mean_file: "m" } }"#);
+        let n = net(
+            r#"layer { name: "d" type: "Data" top: "data" data_param { source: "x" batch_size: 4 scale: 0.5 crop_size: 3 mirror: true mean_file: "m" } }"#,
+        );
         let u = upgrade_net(&n).unwrap();
         let t = u.layer[0].transform_param.as_ref().unwrap();
-        assert_eq!((t.scale(), t.crop_size(), t.mirror(), t.mean_file()), (0.5, 3, true, "m"));
+        assert_eq!(
+            (t.scale(), t.crop_size(), t.mirror(), t.mean_file()),
+            (0.5, 3, true, "m")
+        );
         assert!(u.layer[0].data_param.as_ref().unwrap().scale.is_none());
     }
 
     #[test]
     fn solver_type_enum_becomes_type_string() {
-        let p: crema_proto::caffe::SolverParameter =
-            crema_proto::parse_text("solver_type: ADAM base_lr: 0.1", "t", "caffe.SolverParameter").unwrap();
+        let p: crema_proto::caffe::SolverParameter = crema_proto::parse_text(
+            "solver_type: ADAM base_lr: 0.1",
+            "t",
+            "caffe.SolverParameter",
+        )
+        .unwrap();
         assert_eq!(upgrade_solver(&p).unwrap().r#type(), "Adam");
     }
 }

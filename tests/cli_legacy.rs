@@ -17,8 +17,16 @@ fn shared() -> Option<PathBuf> {
 }
 
 fn crema(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_crema")).args(args).current_dir(dir).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_crema"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "crema {args:?} failed:\n{text}");
     text
 }
@@ -29,35 +37,72 @@ fn consolidated_v1_solver_trains_with_test_stages() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let m = shared.join("data/mnist");
-    let (im, lb) = (m.join("t10k-images-idx3-ubyte.gz"), m.join("t10k-labels-idx1-ubyte.gz"));
+    let (im, lb) = (
+        m.join("t10k-images-idx3-ubyte.gz"),
+        m.join("t10k-labels-idx1-ubyte.gz"),
+    );
     std::fs::create_dir_all(d.join("examples/mnist")).unwrap();
-    for (db, start) in [("examples/mnist/mnist_train_lmdb", "0"), ("examples/mnist/mnist_test_lmdb", "8000")] {
-        crema(d, &["convert-mnist", im.to_str().unwrap(), lb.to_str().unwrap(), db, "--start", start, "--count", "2000"]);
+    for (db, start) in [
+        ("examples/mnist/mnist_train_lmdb", "0"),
+        ("examples/mnist/mnist_test_lmdb", "8000"),
+    ] {
+        crema(
+            d,
+            &[
+                "convert-mnist",
+                im.to_str().unwrap(),
+                lb.to_str().unwrap(),
+                db,
+                "--start",
+                start,
+                "--count",
+                "2000",
+            ],
+        );
     }
-    let solver = std::fs::read_to_string(shared.join("caffe/examples/mnist/lenet_consolidated_solver.prototxt"))
-        .unwrap()
-        .replace("max_iter: 10000", "max_iter: 100")
-        .replace("test_iter: 600", "test_iter: 5")
-        .replace("test_iter: 100", "test_iter: 5")
-        .replace("test_interval: 500", "test_interval: 100");
+    let solver = std::fs::read_to_string(
+        shared.join("caffe/examples/mnist/lenet_consolidated_solver.prototxt"),
+    )
+    .unwrap()
+    .replace("max_iter: 10000", "max_iter: 100")
+    .replace("test_iter: 600", "test_iter: 5")
+    .replace("test_iter: 100", "test_iter: 5")
+    .replace("test_interval: 500", "test_interval: 100");
     std::fs::write(d.join("solver.prototxt"), solver).unwrap();
     let log = crema(d, &["train", "--solver", "solver.prototxt"]);
     assert!(log.contains("Upgrading V1 net"), "{log}");
     // Two test nets (test-on-test-set, test-on-train-set) run at iteration 100.
-    assert!(log.contains("Iteration 100, Testing net (#0)") && log.contains("Iteration 100, Testing net (#1)"), "{log}");
+    assert!(
+        log.contains("Iteration 100, Testing net (#0)")
+            && log.contains("Iteration 100, Testing net (#1)"),
+        "{log}"
+    );
 
     // upgrade-solver writes the embedded V1 net as it was given (solvers keep nets as data) and
     // the result still parses and trains.
-    crema(d, &["upgrade-solver", "solver.prototxt", "upgraded_solver.prototxt"]);
+    crema(
+        d,
+        &[
+            "upgrade-solver",
+            "solver.prototxt",
+            "upgraded_solver.prototxt",
+        ],
+    );
     let text = std::fs::read_to_string(d.join("upgraded_solver.prototxt")).unwrap();
     assert!(text.contains("test_state"), "{text}");
 }
 
 /// The zoo LeNet weights rewritten as a V1 (`layers`) caffemodel.
 fn v1_caffemodel(shared: &Path) -> NetParameter {
-    let zoo: NetParameter =
-        crema_proto::read_binary(&shared.join("zoo/lenet/lenet_iter_10000.caffemodel"), "caffe.NetParameter").unwrap();
-    let mut v1 = NetParameter { name: zoo.name.clone(), ..Default::default() };
+    let zoo: NetParameter = crema_proto::read_binary(
+        &shared.join("zoo/lenet/lenet_iter_10000.caffemodel"),
+        "caffe.NetParameter",
+    )
+    .unwrap();
+    let mut v1 = NetParameter {
+        name: zoo.name.clone(),
+        ..Default::default()
+    };
     for l in &zoo.layer {
         let t = match l.r#type() {
             "Convolution" => LayerType::Convolution,
@@ -90,22 +135,65 @@ fn v1_caffemodel_upgrades_and_scores_the_same() {
     let d = dir.path();
     crema_proto::write_binary_atomic(&d.join("v1.caffemodel"), &v1_caffemodel(&shared)).unwrap();
     let m = shared.join("data/mnist");
-    let (im, lb) = (m.join("t10k-images-idx3-ubyte.gz"), m.join("t10k-labels-idx1-ubyte.gz"));
-    crema(d, &["convert-mnist", im.to_str().unwrap(), lb.to_str().unwrap(), "db", "--count", "1000"]);
-    let net = std::fs::read_to_string(shared.join("caffe/examples/mnist/lenet_train_test.prototxt"))
-        .unwrap()
-        .replace("examples/mnist/mnist_train_lmdb", "db")
-        .replace("examples/mnist/mnist_test_lmdb", "db");
+    let (im, lb) = (
+        m.join("t10k-images-idx3-ubyte.gz"),
+        m.join("t10k-labels-idx1-ubyte.gz"),
+    );
+    crema(
+        d,
+        &[
+            "convert-mnist",
+            im.to_str().unwrap(),
+            lb.to_str().unwrap(),
+            "db",
+            "--count",
+            "1000",
+        ],
+    );
+    let net =
+        std::fs::read_to_string(shared.join("caffe/examples/mnist/lenet_train_test.prototxt"))
+            .unwrap()
+            .replace("examples/mnist/mnist_train_lmdb", "db")
+            .replace("examples/mnist/mnist_test_lmdb", "db");
     std::fs::write(d.join("net.prototxt"), net).unwrap();
     // Loaded directly (V1 weights are matched by layer name) and after upgrade-net.
-    let direct = crema(d, &["test", "--model", "net.prototxt", "--weights", "v1.caffemodel", "--iterations", "10"]);
+    let direct = crema(
+        d,
+        &[
+            "test",
+            "--model",
+            "net.prototxt",
+            "--weights",
+            "v1.caffemodel",
+            "--iterations",
+            "10",
+        ],
+    );
     crema(d, &["upgrade-net", "v1.caffemodel", "v2.caffemodel"]);
-    let up: NetParameter = crema_proto::read_binary(&d.join("v2.caffemodel"), "caffe.NetParameter").unwrap();
+    let up: NetParameter =
+        crema_proto::read_binary(&d.join("v2.caffemodel"), "caffe.NetParameter").unwrap();
     assert!(up.layers.is_empty() && up.layer.len() >= 4);
-    let upgraded = crema(d, &["test", "--model", "net.prototxt", "--weights", "v2.caffemodel", "--iterations", "10"]);
-    let acc = |log: &str| log.lines().find(|l| l.starts_with("accuracy = ")).map(|s| s.to_string());
+    let upgraded = crema(
+        d,
+        &[
+            "test",
+            "--model",
+            "net.prototxt",
+            "--weights",
+            "v2.caffemodel",
+            "--iterations",
+            "10",
+        ],
+    );
+    let acc = |log: &str| {
+        log.lines()
+            .find(|l| l.starts_with("accuracy = "))
+            .map(|s| s.to_string())
+    };
     assert_eq!(acc(&direct), acc(&upgraded));
-    let a: f32 = acc(&direct).unwrap()["accuracy = ".len()..].parse().unwrap();
+    let a: f32 = acc(&direct).unwrap()["accuracy = ".len()..]
+        .parse()
+        .unwrap();
     assert!(a > 0.98, "zoo LeNet through V1 weights: {a}");
 }
 

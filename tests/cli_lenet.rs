@@ -67,11 +67,23 @@ fn zoo_lenet_scores_caffes_accuracy() {
     let Some(shared) = shared() else { return };
     let dir = tempfile::tempdir().unwrap();
     mnist_lmdb(&shared, dir.path(), "mnist_test_lmdb", 0, 10_000);
-    std::fs::write(dir.path().join("lenet.prototxt"), lenet_net(&shared, "mnist_test_lmdb", "mnist_test_lmdb")).unwrap();
+    std::fs::write(
+        dir.path().join("lenet.prototxt"),
+        lenet_net(&shared, "mnist_test_lmdb", "mnist_test_lmdb"),
+    )
+    .unwrap();
     let weights = shared.join("zoo/lenet/lenet_iter_10000.caffemodel");
     let out = ok(
         dir.path(),
-        &["test", "--model", "lenet.prototxt", "--weights", weights.to_str().unwrap(), "--iterations", "100"],
+        &[
+            "test",
+            "--model",
+            "lenet.prototxt",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--iterations",
+            "100",
+        ],
     );
     // The figure Caffe and OpenCV's dnn give for this model on the 10,000 test images.
     assert!(out.lines().any(|l| l == "accuracy = 0.9914"), "{out}");
@@ -100,7 +112,11 @@ fn lenet_trains_on_the_cpu_and_resumes_on_the_same_trajectory() {
     mnist_lmdb(&shared, d, "train_lmdb", 0, 8000);
     mnist_lmdb(&shared, d, "test_lmdb", 8000, 2000);
     std::fs::create_dir_all(d.join("examples/mnist")).unwrap();
-    std::fs::write(d.join("examples/mnist/lenet_train_test.prototxt"), lenet_net(&shared, "train_lmdb", "test_lmdb")).unwrap();
+    std::fs::write(
+        d.join("examples/mnist/lenet_train_test.prototxt"),
+        lenet_net(&shared, "train_lmdb", "test_lmdb"),
+    )
+    .unwrap();
     // BVLC's solver, unchanged but for a shorter run and 2,000 test images (20 × 100).
     let solver = std::fs::read_to_string(shared.join("caffe/examples/mnist/lenet_solver.prototxt"))
         .unwrap()
@@ -109,25 +125,45 @@ fn lenet_trains_on_the_cpu_and_resumes_on_the_same_trajectory() {
         .replace("test_iter: 100", "test_iter: 20");
     std::fs::write(d.join("solver.prototxt"), &solver).unwrap();
     let full = ok(d, &["train", "--solver", "solver.prototxt"]);
-    assert!(full.contains("solver_mode") || full.contains("no GPU engine"), "GPU request not reported:\n{full}");
+    assert!(
+        full.contains("solver_mode") || full.contains("no GPU engine"),
+        "GPU request not reported:\n{full}"
+    );
     let acc = test_accuracies(&full);
     assert_eq!(acc.len(), 4, "tests at 0, 500, 1000, 1500:\n{full}");
     assert!(acc[3] >= 0.97, "accuracy after 1,500 iterations: {acc:?}");
     for it in [500, 1000, 1500] {
-        assert!(d.join(format!("examples/mnist/lenet_iter_{it}.caffemodel")).exists());
-        assert!(d.join(format!("examples/mnist/lenet_iter_{it}.solverstate")).exists());
+        assert!(d
+            .join(format!("examples/mnist/lenet_iter_{it}.caffemodel"))
+            .exists());
+        assert!(d
+            .join(format!("examples/mnist/lenet_iter_{it}.solverstate"))
+            .exists());
     }
     // Resume from iteration 500 and stop at 1000: the loss there must match the uninterrupted run.
-    std::fs::write(d.join("solver_resume.prototxt"), solver.replace("max_iter: 1500", "max_iter: 1000")).unwrap();
+    std::fs::write(
+        d.join("solver_resume.prototxt"),
+        solver.replace("max_iter: 1500", "max_iter: 1000"),
+    )
+    .unwrap();
     let resumed = ok(
         d,
-        &["train", "--solver", "solver_resume.prototxt", "--snapshot", "examples/mnist/lenet_iter_500.solverstate"],
+        &[
+            "train",
+            "--solver",
+            "solver_resume.prototxt",
+            "--snapshot",
+            "examples/mnist/lenet_iter_500.solverstate",
+        ],
     );
     let a = loss_at(&full, 900).expect("loss at 900 in the full run");
     let b = loss_at(&resumed, 900).expect("loss at 900 in the resumed run");
     assert_eq!(a, b, "loss at iteration 900 differs after resuming");
     let tail = |log: &str| -> String {
-        log.lines().rfind(|l| l.contains("Iteration 1000, Testing") || l.contains("Test net output")).unwrap_or("").to_string()
+        log.lines()
+            .rfind(|l| l.contains("Iteration 1000, Testing") || l.contains("Test net output"))
+            .unwrap_or("")
+            .to_string()
     };
     let fa = test_accuracies(&full)[2];
     let fb = *test_accuracies(&resumed).last().unwrap();
@@ -140,26 +176,49 @@ fn bad_inputs_give_one_line_errors() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // A misspelled field: file, line, column and the closest valid name.
-    let net = lenet_net(&shared, "nowhere_lmdb", "nowhere_lmdb").replace("num_output: 20", "num_ouput: 20");
+    let net = lenet_net(&shared, "nowhere_lmdb", "nowhere_lmdb")
+        .replace("num_output: 20", "num_ouput: 20");
     std::fs::write(d.join("typo.prototxt"), net).unwrap();
-    let out = crema(d, &["test", "--model", "typo.prototxt", "--iterations", "1"]);
+    let out = crema(
+        d,
+        &["test", "--model", "typo.prototxt", "--iterations", "1"],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_default().to_string();
-    assert!(line.contains("typo.prototxt:") && line.contains("did you mean `num_output`"), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        line.contains("typo.prototxt:") && line.contains("did you mean `num_output`"),
+        "{err}"
+    );
     // A missing LMDB names the path and the field that asked for it.
     let net = lenet_net(&shared, "nowhere_lmdb", "nowhere_lmdb");
     std::fs::write(d.join("nodb.prototxt"), net).unwrap();
-    let out = crema(d, &["test", "--model", "nodb.prototxt", "--iterations", "1"]);
+    let out = crema(
+        d,
+        &["test", "--model", "nodb.prototxt", "--iterations", "1"],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("nowhere_lmdb") && err.contains("data_param.source"), "{err}");
+    assert!(
+        err.contains("nowhere_lmdb") && err.contains("data_param.source"),
+        "{err}"
+    );
     // An unknown layer type suggests the closest known one.
     let net = lenet_net(&shared, "nowhere_lmdb", "nowhere_lmdb").replace("\"ReLU\"", "\"Relu\"");
     std::fs::write(d.join("type.prototxt"), net).unwrap();
-    let out = crema(d, &["time", "--model", "type.prototxt", "--iterations", "1"]);
+    let out = crema(
+        d,
+        &["time", "--model", "type.prototxt", "--iterations", "1"],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unknown layer type `Relu`") && err.contains("did you mean `ReLU`"), "{err}");
+    assert!(
+        err.contains("unknown layer type `Relu`") && err.contains("did you mean `ReLU`"),
+        "{err}"
+    );
     // No panics anywhere.
     assert!(!err.contains("panicked"), "{err}");
 }

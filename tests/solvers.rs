@@ -15,8 +15,16 @@ fn shared() -> Option<PathBuf> {
 }
 
 fn crema(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_crema")).args(args).current_dir(dir).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_crema"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "crema {args:?} failed:\n{text}");
     text
 }
@@ -34,13 +42,27 @@ fn workdir(shared: &Path) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let m = shared.join("data/mnist");
-    let (im, lb) = (m.join("t10k-images-idx3-ubyte.gz"), m.join("t10k-labels-idx1-ubyte.gz"));
-    crema(d, &["convert-mnist", im.to_str().unwrap(), lb.to_str().unwrap(), "mnist_lmdb", "--count", "2000"]);
+    let (im, lb) = (
+        m.join("t10k-images-idx3-ubyte.gz"),
+        m.join("t10k-labels-idx1-ubyte.gz"),
+    );
+    crema(
+        d,
+        &[
+            "convert-mnist",
+            im.to_str().unwrap(),
+            lb.to_str().unwrap(),
+            "mnist_lmdb",
+            "--count",
+            "2000",
+        ],
+    );
     std::fs::create_dir_all(d.join("examples/mnist")).unwrap();
-    let net = std::fs::read_to_string(shared.join("caffe/examples/mnist/lenet_train_test.prototxt"))
-        .unwrap()
-        .replace("examples/mnist/mnist_train_lmdb", "mnist_lmdb")
-        .replace("examples/mnist/mnist_test_lmdb", "mnist_lmdb");
+    let net =
+        std::fs::read_to_string(shared.join("caffe/examples/mnist/lenet_train_test.prototxt"))
+            .unwrap()
+            .replace("examples/mnist/mnist_train_lmdb", "mnist_lmdb")
+            .replace("examples/mnist/mnist_test_lmdb", "mnist_lmdb");
     std::fs::write(d.join("examples/mnist/lenet_train_test.prototxt"), net).unwrap();
     dir
 }
@@ -61,7 +83,10 @@ fn check_falls(name: &str, log: &str) {
     let l = losses(log);
     assert!(l.len() >= 4, "{name}: too few loss lines:\n{log}");
     let (first, last) = (l[0], *l.last().unwrap());
-    assert!(last.is_finite() && last < 0.5 * first, "{name}: loss did not fall enough: {l:?}");
+    assert!(
+        last.is_finite() && last < 0.5 * first,
+        "{name}: loss did not fall enough: {l:?}"
+    );
 }
 
 #[test]
@@ -69,14 +94,22 @@ fn bvlc_lenet_solvers_train_with_falling_loss() {
     let Some(shared) = shared() else { return };
     let dir = workdir(&shared);
     let d = dir.path();
-    for f in ["lenet_solver_adam", "lenet_solver_rmsprop", "lenet_adadelta_solver", "lenet_multistep_solver"] {
-        let text = std::fs::read_to_string(shared.join(format!("caffe/examples/mnist/{f}.prototxt"))).unwrap();
+    for f in [
+        "lenet_solver_adam",
+        "lenet_solver_rmsprop",
+        "lenet_adadelta_solver",
+        "lenet_multistep_solver",
+    ] {
+        let text =
+            std::fs::read_to_string(shared.join(format!("caffe/examples/mnist/{f}.prototxt")))
+                .unwrap();
         let log = train(&shared, d, &text, 200);
         check_falls(f, &log);
     }
     // Nesterov and AdaGrad (BVLC uses them for the autoencoder; here on LeNet), also via the
     // legacy solver_type enum.
-    let base = std::fs::read_to_string(shared.join("caffe/examples/mnist/lenet_solver.prototxt")).unwrap();
+    let base =
+        std::fs::read_to_string(shared.join("caffe/examples/mnist/lenet_solver.prototxt")).unwrap();
     let nesterov = base.replace("solver_mode: GPU", "solver_mode: CPU\ntype: \"Nesterov\"");
     check_falls("nesterov", &train(&shared, d, &nesterov, 200));
     let adagrad = base
@@ -90,23 +123,48 @@ fn adam_resumes_with_both_histories() {
     let Some(shared) = shared() else { return };
     let dir = workdir(&shared);
     let d = dir.path();
-    let text = std::fs::read_to_string(shared.join("caffe/examples/mnist/lenet_solver_adam.prototxt"))
-        .unwrap()
-        .replace("snapshot: 5000", "snapshot: 50");
+    let text =
+        std::fs::read_to_string(shared.join("caffe/examples/mnist/lenet_solver_adam.prototxt"))
+            .unwrap()
+            .replace("snapshot: 5000", "snapshot: 50");
     let full = train(&shared, d, &text, 150);
     // LeNet has 8 parameter blobs; Adam keeps two histories for each.
-    let state: crema_proto::caffe::SolverState =
-        crema_proto::read_binary(&d.join("examples/mnist/lenet_iter_50.solverstate"), "caffe.SolverState").unwrap();
+    let state: crema_proto::caffe::SolverState = crema_proto::read_binary(
+        &d.join("examples/mnist/lenet_iter_50.solverstate"),
+        "caffe.SolverState",
+    )
+    .unwrap();
     assert_eq!(state.history.len(), 16);
     assert_eq!(state.iter, Some(50));
     let resumed = {
-        let t = text.replace("max_iter: 10000", "max_iter: 150").replace("test_interval: 500", "test_interval: 0").replace("display: 100", "display: 50") + "\nrandom_seed: 7\n";
+        let t = text
+            .replace("max_iter: 10000", "max_iter: 150")
+            .replace("test_interval: 500", "test_interval: 0")
+            .replace("display: 100", "display: 50")
+            + "\nrandom_seed: 7\n";
         std::fs::write(d.join("resume.prototxt"), t).unwrap();
-        crema(d, &["train", "--solver", "resume.prototxt", "--snapshot", "examples/mnist/lenet_iter_50.solverstate"])
+        crema(
+            d,
+            &[
+                "train",
+                "--solver",
+                "resume.prototxt",
+                "--snapshot",
+                "examples/mnist/lenet_iter_50.solverstate",
+            ],
+        )
     };
     let at = |log: &str, it: u32| -> String {
         let key = format!("Iteration {it} (");
-        log.lines().find(|l| l.contains(&key)).and_then(|l| l.rsplit("loss = ").next()).unwrap_or("").to_string()
+        log.lines()
+            .find(|l| l.contains(&key))
+            .and_then(|l| l.rsplit("loss = ").next())
+            .unwrap_or("")
+            .to_string()
     };
-    assert_eq!(at(&full, 100), at(&resumed, 100), "Adam resumed off its trajectory");
+    assert_eq!(
+        at(&full, 100),
+        at(&resumed, 100),
+        "Adam resumed off its trajectory"
+    );
 }

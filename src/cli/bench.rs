@@ -6,7 +6,9 @@ use crema::engine::Engine;
 use crema::layers::Phase;
 use crema::net::{Net, State};
 use crema::solver::{NetChoices, Solver};
-use crema_proto::caffe::{BlobShape, InputParameter, LayerParameter, NetParameter, SolverParameter};
+use crema_proto::caffe::{
+    BlobShape, InputParameter, LayerParameter, NetParameter, SolverParameter,
+};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Instant;
@@ -49,15 +51,25 @@ pub fn trainable_from_deploy(deploy: &NetParameter, batch: usize) -> Result<NetP
     let last = net.layer.last().cloned().ok_or("the net has no layers")?;
     let logits = if last.r#type() == "Softmax" {
         net.layer.pop();
-        last.bottom.first().cloned().ok_or("the final Softmax has no bottom")?
+        last.bottom
+            .first()
+            .cloned()
+            .ok_or("the final Softmax has no bottom")?
     } else {
-        last.top.first().cloned().ok_or("the last layer has no top")?
+        last.top
+            .first()
+            .cloned()
+            .ok_or("the last layer has no top")?
     };
     net.layer.push(LayerParameter {
         name: Some("bench_label".into()),
         r#type: Some("Input".into()),
         top: vec!["bench_label".into()],
-        input_param: Some(InputParameter { shape: vec![BlobShape { dim: vec![batch as i64] }] }),
+        input_param: Some(InputParameter {
+            shape: vec![BlobShape {
+                dim: vec![batch as i64],
+            }],
+        }),
         ..Default::default()
     });
     net.layer.push(LayerParameter {
@@ -84,7 +96,9 @@ fn feed(net: &Net, engine: &dyn Engine, classes: usize) {
         let v: Vec<f32> = if name == "bench_label" {
             (0..b.count()).map(|k| (k % classes) as f32).collect()
         } else {
-            (0..b.count()).map(|k| ((k * 7919) % 1000) as f32 / 1000.0).collect()
+            (0..b.count())
+                .map(|k| ((k * 7919) % 1000) as f32 / 1000.0)
+                .collect()
         };
         b.set_data(engine, &v);
     }
@@ -97,9 +111,15 @@ struct Row {
     step_ms: f64,
 }
 
-fn bench_one(path: &Path, batch: usize, iters: usize, engine: Rc<dyn Engine>) -> Result<Row, Box<dyn std::error::Error>> {
+fn bench_one(
+    path: &Path,
+    batch: usize,
+    iters: usize,
+    engine: Rc<dyn Engine>,
+) -> Result<Row, Box<dyn std::error::Error>> {
     let deploy = crema_proto::read_net_text(path)?;
-    let train = trainable_from_deploy(&deploy, batch).map_err(|e| format!("{}: {e}", path.display()))?;
+    let train =
+        trainable_from_deploy(&deploy, batch).map_err(|e| format!("{}: {e}", path.display()))?;
     let solver_param = SolverParameter {
         net_param: Some(train.clone()),
         base_lr: Some(0.001),
@@ -112,7 +132,12 @@ fn bench_one(path: &Path, batch: usize, iters: usize, engine: Rc<dyn Engine>) ->
     let mut solver = Solver::new(solver_param, None, engine.clone(), &NetChoices::default())?;
     let classes = {
         let logits = &train.layer[train.layer.len() - 1].bottom[0];
-        solver.net.blob(logits).map(|b| b.count() / batch.max(1)).unwrap_or(1).max(1)
+        solver
+            .net
+            .blob(logits)
+            .map(|b| b.count() / batch.max(1))
+            .unwrap_or(1)
+            .max(1)
     };
     feed(&solver.net, &*engine, classes);
     solver.step(2)?;
@@ -128,7 +153,12 @@ fn bench_one(path: &Path, batch: usize, iters: usize, engine: Rc<dyn Engine>) ->
         fwd_net.forward()?;
     }
     let fwd_ms = t.elapsed().as_secs_f64() * 1e3 / iters as f64;
-    Ok(Row { name: path.display().to_string(), batch, fwd_ms, step_ms })
+    Ok(Row {
+        name: path.display().to_string(),
+        batch,
+        fwd_ms,
+        step_ms,
+    })
 }
 
 pub fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -142,19 +172,30 @@ pub fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         args.nets
             .iter()
             .map(|s| match s.rsplit_once(':') {
-                Some((p, b)) if b.parse::<usize>().is_ok() => Ok((PathBuf::from(p), b.parse().unwrap_or(1))),
+                Some((p, b)) if b.parse::<usize>().is_ok() => {
+                    Ok((PathBuf::from(p), b.parse().unwrap_or(1)))
+                }
                 _ => Ok((PathBuf::from(s), 1)),
             })
             .collect::<Result<_, String>>()?
     };
     if nets.is_empty() {
-        return Err("no nets to time: run from the repository root or name deploy prototxts".into());
+        return Err(
+            "no nets to time: run from the repository root or name deploy prototxts".into(),
+        );
     }
     let engine = engine(&args.engine, None)?;
     let threads = rayon::current_num_threads();
     println!(
         "{:<40} {:>6} {:>12} {:>14} {:>12}   engine {} ({} threads), {} iterations",
-        "net", "batch", "forward ms", "train step ms", "images/s", engine.name(), threads, args.iterations
+        "net",
+        "batch",
+        "forward ms",
+        "train step ms",
+        "images/s",
+        engine.name(),
+        threads,
+        args.iterations
     );
     for (path, batch) in nets {
         let r = bench_one(&path, batch, args.iterations.max(1), engine.clone())?;

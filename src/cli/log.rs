@@ -24,7 +24,14 @@ fn civil(t: std::time::SystemTime) -> (u32, u32, u32, u32, u32, u32) {
     let mp = (5 * doy + 2) / 153;
     let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (month, day, rem / 3600, rem / 60 % 60, rem % 60, d.subsec_micros())
+    (
+        month,
+        day,
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        d.subsec_micros(),
+    )
 }
 
 impl<S, N> FormatEvent<S, N> for GlogFormat
@@ -32,7 +39,12 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut w: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut w: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
         let meta = event.metadata();
         let sev = match *meta.level() {
             Level::ERROR => 'E',
@@ -40,7 +52,10 @@ where
             _ => 'I',
         };
         let (mo, d, h, mi, s, us) = civil(std::time::SystemTime::now());
-        let file = meta.file().map(|f| f.rsplit('/').next().unwrap_or(f)).unwrap_or("crema");
+        let file = meta
+            .file()
+            .map(|f| f.rsplit('/').next().unwrap_or(f))
+            .unwrap_or("crema");
         write!(
             w,
             "{sev}{mo:02}{d:02} {h:02}:{mi:02}:{s:02}.{us:06} {:>5} {file}:{}] ",

@@ -1,8 +1,8 @@
 //! The command line: one module per subcommand; each parses its flags and calls the library.
 
+pub mod bench;
 pub mod caffe;
 pub mod classify;
-pub mod bench;
 pub mod common;
 pub mod compute_image_mean;
 pub mod convert_imageset;
@@ -29,7 +29,10 @@ pub fn caffe_style_args(args: Vec<String>) -> Vec<String> {
                 && a.starts_with('-')
                 && !a.starts_with("--")
                 && a.len() > 2
-                && a[1..].chars().next().is_some_and(|c| c.is_ascii_alphabetic());
+                && a[1..]
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic());
             if !is_caffe_flag {
                 return a;
             }
@@ -53,13 +56,31 @@ mod tests {
 
     #[test]
     fn caffe_flags_become_clap_flags() {
-        let v: Vec<String> = ["crema", "train", "-solver", "s.prototxt", "-resize_height=32", "--gpu", "0", "-5"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let v: Vec<String> = [
+            "crema",
+            "train",
+            "-solver",
+            "s.prototxt",
+            "-resize_height=32",
+            "--gpu",
+            "0",
+            "-5",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         assert_eq!(
             caffe_style_args(v),
-            ["crema", "train", "--solver", "s.prototxt", "--resize-height=32", "--gpu", "0", "-5"]
+            [
+                "crema",
+                "train",
+                "--solver",
+                "s.prototxt",
+                "--resize-height=32",
+                "--gpu",
+                "0",
+                "-5"
+            ]
         );
     }
 }

@@ -27,7 +27,11 @@ pub struct Args {
 
 pub fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let engine = engine(&args.engine, None)?;
-    let state = State { phase: args.phase, level: args.engine.level, stages: args.engine.stage.clone() };
+    let state = State {
+        phase: args.phase,
+        level: args.engine.level,
+        stages: args.engine.stage.clone(),
+    };
     let mut net = net_from_file(&args.model, &state, engine.clone())?;
     match &args.weights {
         Some(w) => net.copy_trained_layers_from(w)?,
@@ -41,7 +45,10 @@ pub fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     for i in 0..args.iterations {
         loss += net.forward()? as f64;
         for (k, n) in names.iter().enumerate() {
-            let v = net.blob(n).map(|b| b.data_to_vec(&*engine)).unwrap_or_default();
+            let v = net
+                .blob(n)
+                .map(|b| b.data_to_vec(&*engine))
+                .unwrap_or_default();
             if scores[k].len() < v.len() {
                 scores[k].resize(v.len(), 0.0);
             }
@@ -57,7 +64,11 @@ pub fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         for s in &scores[k] {
             let mean = (*s / iters) as f32;
             let w = weights[k];
-            let msg = if w != 0.0 { format!(" (* {} = {} loss)", fmt_g(w), fmt_g(w * mean)) } else { String::new() };
+            let msg = if w != 0.0 {
+                format!(" (* {} = {} loss)", fmt_g(w), fmt_g(w * mean))
+            } else {
+                String::new()
+            };
             info!("{n} = {}{msg}", fmt_g(mean));
             println!("{n} = {}{msg}", fmt_g(mean));
         }

@@ -30,7 +30,11 @@ pub struct Args {
 
 pub fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let engine = engine(&args.engine, None)?;
-    let state = State { phase: args.phase, level: args.engine.level, stages: args.engine.stage.clone() };
+    let state = State {
+        phase: args.phase,
+        level: args.engine.level,
+        stages: args.engine.stage.clone(),
+    };
     let mut net = net_from_file(&args.model, &state, engine.clone())?;
     if let Some(w) = &args.weights {
         net.copy_trained_layers_from(w)?;
@@ -67,21 +71,37 @@ pub fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             }
             total_b += t.elapsed().as_secs_f64() * 1e3;
         }
-        info!("Iteration: {} forward-backward time: {:.3} ms.", it + 1, t.elapsed().as_secs_f64() * 1e3);
+        info!(
+            "Iteration: {} forward-backward time: {:.3} ms.",
+            it + 1,
+            t.elapsed().as_secs_f64() * 1e3
+        );
     }
     let k = iters as f64;
     info!("Average time per layer: ");
-    println!("{:<24} {:<16} {:>12} {:>12}", "layer", "type", "forward ms", "backward ms");
+    println!(
+        "{:<24} {:<16} {:>12} {:>12}",
+        "layer", "type", "forward ms", "backward ms"
+    );
     for (i, l) in net.layers().iter().enumerate() {
         info!("{:>12}\tforward: {:.5} ms.", l.name, fwd[i] / k);
         if !args.forward_only {
             info!("{:>12}\tbackward: {:.5} ms.", l.name, bwd[i] / k);
         }
-        println!("{:<24} {:<16} {:>12.4} {:>12.4}", l.name, l.kind, fwd[i] / k, bwd[i] / k);
+        println!(
+            "{:<24} {:<16} {:>12.4} {:>12.4}",
+            l.name,
+            l.kind,
+            fwd[i] / k,
+            bwd[i] / k
+        );
     }
     let msg_f = format!("Average Forward pass: {:.4} ms.", total_f / k);
     let msg_b = format!("Average Backward pass: {:.4} ms.", total_b / k);
-    let msg_fb = format!("Average Forward-Backward: {:.4} ms.", (total_f + total_b) / k);
+    let msg_fb = format!(
+        "Average Forward-Backward: {:.4} ms.",
+        (total_f + total_b) / k
+    );
     for m in [&msg_f, &msg_b, &msg_fb] {
         info!("{m}");
         println!("{m}");

@@ -33,9 +33,15 @@ pub fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let param = crema_proto::read_solver_text(&args.solver)?;
     let wants_gpu = param.solver_mode() == crema_proto::caffe::solver_parameter::SolverMode::Gpu;
-    let engine = engine(&args.engine, wants_gpu.then(|| param.device_id().max(0) as usize))?;
+    let engine = engine(
+        &args.engine,
+        wants_gpu.then(|| param.device_id().max(0) as usize),
+    )?;
     tracing::info!("Using {} engine", engine.name());
-    let choices = NetChoices { stages: args.engine.stage.clone(), level: args.engine.level };
+    let choices = NetChoices {
+        stages: args.engine.stage.clone(),
+        level: args.engine.level,
+    };
     let mut solver = Solver::new(param, Some(&args.solver), engine, &choices)?;
     for w in &args.weights {
         tracing::info!("Finetuning from {}", w.display());

@@ -21,7 +21,10 @@ pub struct SolverArgs {
 
 /// Binary files are recognised by extension, as Caffe's two separate tools are chosen by users.
 fn is_binary(p: &Path) -> bool {
-    matches!(p.extension().and_then(|e| e.to_str()), Some("caffemodel" | "binaryproto" | "pb"))
+    matches!(
+        p.extension().and_then(|e| e.to_str()),
+        Some("caffemodel" | "binaryproto" | "pb")
+    )
 }
 
 pub fn run_net(args: &NetArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -37,7 +40,11 @@ pub fn run_net(args: &NetArgs) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         crema_proto::write_text_atomic(&args.output, &up, "caffe.NetParameter")?;
     }
-    println!("wrote upgraded net ({} layers) to {}", up.layer.len(), args.output.display());
+    println!(
+        "wrote upgraded net ({} layers) to {}",
+        up.layer.len(),
+        args.output.display()
+    );
     Ok(())
 }
 

@@ -40,7 +40,19 @@ pub fn sgemm(
     beta: f32,
     c: &mut [f32],
 ) {
-    sgemm_with(trans_a, trans_b, m, n, k, alpha, a, b, beta, c, gemm::Parallelism::None)
+    sgemm_with(
+        trans_a,
+        trans_b,
+        m,
+        n,
+        k,
+        alpha,
+        a,
+        b,
+        beta,
+        c,
+        gemm::Parallelism::None,
+    )
 }
 
 /// Same as [`sgemm`], spreading one large product over the rayon pool.
@@ -83,10 +95,21 @@ fn sgemm_with(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "gemm operand too small");
+    assert!(
+        a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
+        "gemm operand too small"
+    );
     // (row stride, column stride) of each operand as stored row-major.
-    let (a_rs, a_cs) = if trans_a { (1, m as isize) } else { (k as isize, 1) };
-    let (b_rs, b_cs) = if trans_b { (1, k as isize) } else { (n as isize, 1) };
+    let (a_rs, a_cs) = if trans_a {
+        (1, m as isize)
+    } else {
+        (k as isize, 1)
+    };
+    let (b_rs, b_cs) = if trans_b {
+        (1, k as isize)
+    } else {
+        (n as isize, 1)
+    };
     // SAFETY: the assert above guarantees every index the kernel touches lies inside the slices,
     // and `c` is borrowed mutably so nothing aliases it.
     unsafe {
@@ -138,12 +161,21 @@ fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32], ld: usize, off: usize) {
                         let x0 = kj as isize - g.pad_w as isize;
                         for (ox, v) in d.iter_mut().enumerate() {
                             let ix = x0 + ox as isize;
-                            *v = if ix >= 0 && ix < w { src[ix as usize] } else { 0.0 };
+                            *v = if ix >= 0 && ix < w {
+                                src[ix as usize]
+                            } else {
+                                0.0
+                            };
                         }
                     } else {
                         for (ox, v) in d.iter_mut().enumerate() {
-                            let ix = (ox * g.stride_w + kj * g.dilation_w) as isize - g.pad_w as isize;
-                            *v = if ix >= 0 && ix < w { src[ix as usize] } else { 0.0 };
+                            let ix =
+                                (ox * g.stride_w + kj * g.dilation_w) as isize - g.pad_w as isize;
+                            *v = if ix >= 0 && ix < w {
+                                src[ix as usize]
+                            } else {
+                                0.0
+                            };
                         }
                     }
                 }
@@ -199,7 +231,8 @@ fn gather_cols(src: &[f32], c: usize, p: usize, n0: usize, nb: usize, dst: &mut 
     for b in 0..nb {
         let img = &src[(n0 + b) * c * p..(n0 + b + 1) * c * p];
         for ch in 0..c {
-            dst[ch * nb * p + b * p..ch * nb * p + (b + 1) * p].copy_from_slice(&img[ch * p..(ch + 1) * p]);
+            dst[ch * nb * p + b * p..ch * nb * p + (b + 1) * p]
+                .copy_from_slice(&img[ch * p..(ch + 1) * p]);
         }
     }
 }
@@ -208,7 +241,8 @@ fn gather_cols(src: &[f32], c: usize, p: usize, n0: usize, nb: usize, dst: &mut 
 fn scatter_cols(src: &[f32], c: usize, p: usize, nb: usize, dst: &mut [f32]) {
     for b in 0..nb {
         for ch in 0..c {
-            dst[b * c * p + ch * p..b * c * p + (ch + 1) * p].copy_from_slice(&src[ch * nb * p + b * p..ch * nb * p + (b + 1) * p]);
+            dst[b * c * p + ch * p..b * c * p + (ch + 1) * p]
+                .copy_from_slice(&src[ch * nb * p + b * p..ch * nb * p + (b + 1) * p]);
         }
     }
 }
@@ -218,7 +252,12 @@ fn sigmoid(x: f32) -> f32 {
 }
 
 /// Caffe's pooling window for output (py, px): (hstart, hend, wstart, wend, pool_size).
-fn pool_window(g: &PoolGeom, method: PoolMethod, py: usize, px: usize) -> (usize, usize, usize, usize, usize) {
+fn pool_window(
+    g: &PoolGeom,
+    method: PoolMethod,
+    py: usize,
+    px: usize,
+) -> (usize, usize, usize, usize, usize) {
     let hs = (py * g.stride_h) as isize - g.pad_h as isize;
     let ws = (px * g.stride_w) as isize - g.pad_w as isize;
     let (h, w) = (g.in_h as isize, g.in_w as isize);
@@ -232,11 +271,24 @@ fn pool_window(g: &PoolGeom, method: PoolMethod, py: usize, px: usize) -> (usize
     }
     let (hs, ws) = (hs.max(0), ws.max(0));
     let (he, we) = (he.min(h), we.min(w));
-    (hs as usize, he.max(hs) as usize, ws as usize, we.max(ws) as usize, size)
+    (
+        hs as usize,
+        he.max(hs) as usize,
+        ws as usize,
+        we.max(ws) as usize,
+        size,
+    )
 }
 
 /// Index of the first maximum inside a pooling window of one plane (Caffe's strict `>`).
-fn window_argmax(x: &[f32], width: usize, hs: usize, he: usize, ws: usize, we: usize) -> Option<usize> {
+fn window_argmax(
+    x: &[f32],
+    width: usize,
+    hs: usize,
+    he: usize,
+    ws: usize,
+    we: usize,
+) -> Option<usize> {
     let mut best = f32::MIN;
     let mut arg = None;
     for y in hs..he {
@@ -342,7 +394,10 @@ impl Engine for CpuEngine {
     fn axpby(&self, alpha: f32, x: &Buffer, beta: f32, y: &mut Buffer) {
         let x = x.host();
         if beta == 0.0 {
-            y.host_mut().iter_mut().zip(x).for_each(|(y, x)| *y = alpha * x);
+            y.host_mut()
+                .iter_mut()
+                .zip(x)
+                .for_each(|(y, x)| *y = alpha * x);
         } else {
             y.host_mut()
                 .iter_mut()
@@ -395,7 +450,11 @@ impl Engine for CpuEngine {
     }
 
     fn dot(&self, x: &Buffer, y: &Buffer) -> f32 {
-        x.host().iter().zip(y.host()).map(|(a, b)| (*a as f64) * (*b as f64)).sum::<f64>() as f32
+        x.host()
+            .iter()
+            .zip(y.host())
+            .map(|(a, b)| (*a as f64) * (*b as f64))
+            .sum::<f64>() as f32
     }
 
     fn asum(&self, x: &Buffer) -> f32 {
@@ -403,7 +462,10 @@ impl Engine for CpuEngine {
     }
 
     fn sumsq(&self, x: &Buffer) -> f32 {
-        x.host().iter().map(|a| (*a as f64) * (*a as f64)).sum::<f64>() as f32
+        x.host()
+            .iter()
+            .map(|a| (*a as f64) * (*a as f64))
+            .sum::<f64>() as f32
     }
 
     fn sum_axis(
@@ -449,10 +511,27 @@ impl Engine for CpuEngine {
                     col.resize(kdim * g.group * ld, 0.0);
                     out.resize(g.out_channels * ld, 0.0);
                     for b in 0..nb {
-                        im2col(g, &x[(n0 + b) * in_img..(n0 + b + 1) * in_img], col, ld, b * p);
+                        im2col(
+                            g,
+                            &x[(n0 + b) * in_img..(n0 + b + 1) * in_img],
+                            col,
+                            ld,
+                            b * p,
+                        );
                     }
                     for gi in 0..g.group {
-                        sgemm(false, false, cog, ld, kdim, 1.0, &w[gi * cog * kdim..], &col[gi * kdim * ld..], 0.0, &mut out[gi * cog * ld..]);
+                        sgemm(
+                            false,
+                            false,
+                            cog,
+                            ld,
+                            kdim,
+                            1.0,
+                            &w[gi * cog * kdim..],
+                            &col[gi * kdim * ld..],
+                            0.0,
+                            &mut out[gi * cog * ld..],
+                        );
                     }
                     scatter_cols(out, g.out_channels, p, nb, yc);
                 },
@@ -479,7 +558,18 @@ impl Engine for CpuEngine {
                     dyc.resize(g.out_channels * ld, 0.0);
                     gather_cols(dy, g.out_channels, p, n0, nb, dyc);
                     for gi in 0..g.group {
-                        sgemm(true, false, kdim, ld, cog, 1.0, &w[gi * cog * kdim..], &dyc[gi * cog * ld..], 0.0, &mut col[gi * kdim * ld..]);
+                        sgemm(
+                            true,
+                            false,
+                            kdim,
+                            ld,
+                            cog,
+                            1.0,
+                            &w[gi * cog * kdim..],
+                            &dyc[gi * cog * ld..],
+                            0.0,
+                            &mut col[gi * kdim * ld..],
+                        );
                     }
                     dxc.fill(0.0);
                     for b in 0..nb {
@@ -513,11 +603,28 @@ impl Engine for CpuEngine {
                     col.resize(kdim * g.group * ld, 0.0);
                     dyc.resize(g.out_channels * ld, 0.0);
                     for b in 0..nb {
-                        im2col(g, &x[(n0 + b) * in_img..(n0 + b + 1) * in_img], &mut col, ld, b * p);
+                        im2col(
+                            g,
+                            &x[(n0 + b) * in_img..(n0 + b + 1) * in_img],
+                            &mut col,
+                            ld,
+                            b * p,
+                        );
                     }
                     gather_cols(dy, g.out_channels, p, n0, nb, &mut dyc);
                     for gi in 0..g.group {
-                        sgemm(false, true, cog, kdim, ld, 1.0, &dyc[gi * cog * ld..], &col[gi * kdim * ld..], 1.0, &mut acc[gi * cog * kdim..]);
+                        sgemm(
+                            false,
+                            true,
+                            cog,
+                            kdim,
+                            ld,
+                            1.0,
+                            &dyc[gi * cog * ld..],
+                            &col[gi * kdim * ld..],
+                            1.0,
+                            &mut acc[gi * cog * kdim..],
+                        );
                     }
                     n0 += nb;
                 }
@@ -536,7 +643,9 @@ impl Engine for CpuEngine {
             .par_chunks_mut(ch * inner)
             .for_each(|yo| {
                 for (c, bc) in b.iter().enumerate().take(ch) {
-                    yo[c * inner..(c + 1) * inner].iter_mut().for_each(|v| *v += bc);
+                    yo[c * inner..(c + 1) * inner]
+                        .iter_mut()
+                        .for_each(|v| *v += bc);
                 }
             });
     }
@@ -545,7 +654,9 @@ impl Engine for CpuEngine {
         let (dy, db) = (dy.host(), db.host_mut());
         for o in 0..outer {
             for (c, d) in db.iter_mut().enumerate().take(ch) {
-                let s: f32 = dy[(o * ch + c) * inner..(o * ch + c + 1) * inner].iter().sum();
+                let s: f32 = dy[(o * ch + c) * inner..(o * ch + c + 1) * inner]
+                    .iter()
+                    .sum();
                 *d += s;
             }
         }
@@ -681,22 +792,25 @@ impl Engine for CpuEngine {
             let pre = (p.local_size - 1) / 2;
             let post = p.local_size - pre - 1;
             let cache = 2.0 * p.alpha * p.beta / p.local_size as f32;
-            dx[..n].par_chunks_mut(img).enumerate().for_each(|(i, dxn)| {
-                let o = i * img;
-                for c in 0..p.channels {
-                    // outputs c' whose window holds c: c' in [c - post, c + pre]
-                    let lo = c.saturating_sub(post);
-                    let hi = (c + pre).min(p.channels - 1);
-                    for j in 0..plane {
-                        let mut acc = 0.0;
-                        for cc in lo..=hi {
-                            acc += ratio[o + cc * plane + j];
+            dx[..n]
+                .par_chunks_mut(img)
+                .enumerate()
+                .for_each(|(i, dxn)| {
+                    let o = i * img;
+                    for c in 0..p.channels {
+                        // outputs c' whose window holds c: c' in [c - post, c + pre]
+                        let lo = c.saturating_sub(post);
+                        let hi = (c + pre).min(p.channels - 1);
+                        for j in 0..plane {
+                            let mut acc = 0.0;
+                            for cc in lo..=hi {
+                                acc += ratio[o + cc * plane + j];
+                            }
+                            let k = o + c * plane + j;
+                            dxn[c * plane + j] = dy[k] * s[k].powf(-p.beta) - cache * x[k] * acc;
                         }
-                        let k = o + c * plane + j;
-                        dxn[c * plane + j] = dy[k] * s[k].powf(-p.beta) - cache * x[k] * acc;
                     }
-                }
-            });
+                });
         } else {
             let g = within_pool(p);
             // d/d(avg) of y = x (1 + alpha avg)^-beta is -beta alpha x (1+alpha avg)^-beta-1;
@@ -704,7 +818,14 @@ impl Engine for CpuEngine {
             let davg: Vec<f32> = (0..n).map(|i| -p.beta * p.alpha * ratio[i]).collect();
             let mut dsq = Buffer::Host(vec![0.0; n]);
             let dummy = Buffer::Host(Vec::new());
-            self.pool_backward(&g, PoolMethod::Ave, &dummy, &dummy, &Buffer::Host(davg), &mut dsq);
+            self.pool_backward(
+                &g,
+                PoolMethod::Ave,
+                &dummy,
+                &dummy,
+                &Buffer::Host(davg),
+                &mut dsq,
+            );
             for i in 0..n {
                 dx[i] = dy[i] * s[i].powf(-p.beta) + 2.0 * x[i] * dsq.host()[i];
             }
@@ -739,7 +860,11 @@ impl Engine for CpuEngine {
                         v.exp().ln_1p()
                     }
                 }
-                Activation::Power { power, scale, shift } => (shift + scale * v).powf(power),
+                Activation::Power {
+                    power,
+                    scale,
+                    shift,
+                } => (shift + scale * v).powf(power),
                 Activation::Exp { base, scale, shift } => {
                     let lb = if base < 0.0 { 1.0 } else { base.ln() };
                     (lb * (shift + scale * v)).exp()
@@ -765,7 +890,10 @@ impl Engine for CpuEngine {
                 .with_min_len(1 << 14)
                 .zip(x.host().par_iter())
                 .for_each(|(y, x)| *y = apply(*x)),
-            None => y.par_iter_mut().with_min_len(1 << 14).for_each(|y| *y = apply(*y)),
+            None => y
+                .par_iter_mut()
+                .with_min_len(1 << 14)
+                .for_each(|y| *y = apply(*y)),
         }
     }
 
@@ -809,7 +937,11 @@ impl Engine for CpuEngine {
                     let e = x.min(50.0).exp();
                     e / (e + 1.0)
                 }
-                Activation::Power { power, scale, shift } => {
+                Activation::Power {
+                    power,
+                    scale,
+                    shift,
+                } => {
                     if power == 0.0 || scale == 0.0 {
                         0.0
                     } else {
@@ -975,7 +1107,14 @@ impl Engine for CpuEngine {
         *self.rng.lock().unwrap_or_else(|e| e.into_inner()) = StdRng::seed_from_u64(seed);
     }
 
-    fn max_accumulate(&self, x: &Buffer, index: usize, first: bool, y: &mut Buffer, arg: &mut Buffer) {
+    fn max_accumulate(
+        &self,
+        x: &Buffer,
+        index: usize,
+        first: bool,
+        y: &mut Buffer,
+        arg: &mut Buffer,
+    ) {
         let (x, y, a) = (x.host(), y.host_mut(), arg.host_mut());
         for i in 0..y.len() {
             if first || x[i] > y[i] {
@@ -1001,7 +1140,13 @@ impl Engine for CpuEngine {
         h2: Option<&mut Buffer>,
         w: &mut Buffer,
     ) {
-        rule.apply_host(lr, g.host(), h.host_mut(), h2.map(|b| b.host_mut()), w.host_mut());
+        rule.apply_host(
+            lr,
+            g.host(),
+            h.host_mut(),
+            h2.map(|b| b.host_mut()),
+            w.host_mut(),
+        );
     }
 
     fn sgd_update(&self, lr: f32, momentum: f32, g: &Buffer, h: &mut Buffer, w: &mut Buffer) {
@@ -1012,7 +1157,15 @@ impl Engine for CpuEngine {
         }
     }
 
-    fn channel_scale(&self, outer: usize, ch: usize, inner: usize, s: &Buffer, x: Option<&Buffer>, y: &mut Buffer) {
+    fn channel_scale(
+        &self,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        s: &Buffer,
+        x: Option<&Buffer>,
+        y: &mut Buffer,
+    ) {
         let s = s.host();
         let n = outer * ch * inner;
         if inner == 0 || n == 0 {
@@ -1031,10 +1184,14 @@ impl Engine for CpuEngine {
                         yr.iter_mut().zip(xr).for_each(|(y, x)| *y = x * f);
                     });
             }
-            None => y.par_chunks_mut(inner).with_min_len(64).enumerate().for_each(|(r, yr)| {
-                let f = s[r % ch];
-                yr.iter_mut().for_each(|y| *y *= f);
-            }),
+            None => y
+                .par_chunks_mut(inner)
+                .with_min_len(64)
+                .enumerate()
+                .for_each(|(r, yr)| {
+                    let f = s[r % ch];
+                    yr.iter_mut().for_each(|y| *y *= f);
+                }),
         }
     }
 

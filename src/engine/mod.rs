@@ -34,7 +34,9 @@ impl Buffer {
         match self {
             Buffer::Host(v) => v,
             #[cfg(feature = "cuda")]
-            Buffer::Device(_) => panic!("the CPU engine was handed a CUDA buffer (engines were mixed)"),
+            Buffer::Device(_) => {
+                panic!("the CPU engine was handed a CUDA buffer (engines were mixed)")
+            }
         }
     }
     /// Mutable host view; only valid for buffers of the CPU engine.
@@ -42,7 +44,9 @@ impl Buffer {
         match self {
             Buffer::Host(v) => v,
             #[cfg(feature = "cuda")]
-            Buffer::Device(_) => panic!("the CPU engine was handed a CUDA buffer (engines were mixed)"),
+            Buffer::Device(_) => {
+                panic!("the CPU engine was handed a CUDA buffer (engines were mixed)")
+            }
         }
     }
 }
@@ -125,25 +129,48 @@ pub struct LrnParams {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Activation {
     /// max(x, 0) + slope * min(x, 0)
-    Relu { negative_slope: f32 },
+    Relu {
+        negative_slope: f32,
+    },
     Sigmoid,
     TanH,
     /// x > 0 ? x : alpha (e^x - 1)
-    Elu { alpha: f32 },
+    Elu {
+        alpha: f32,
+    },
     AbsVal,
     /// log(1 + e^x)
     Bnll,
     /// (shift + scale x)^power
-    Power { power: f32, scale: f32, shift: f32 },
+    Power {
+        power: f32,
+        scale: f32,
+        shift: f32,
+    },
     /// base^(shift + scale x) with base e when `base` < 0
-    Exp { base: f32, scale: f32, shift: f32 },
+    Exp {
+        base: f32,
+        scale: f32,
+        shift: f32,
+    },
     /// log_base(shift + scale x)
-    Log { base: f32, scale: f32, shift: f32 },
-    Clip { min: f32, max: f32 },
+    Log {
+        base: f32,
+        scale: f32,
+        shift: f32,
+    },
+    Clip {
+        min: f32,
+        max: f32,
+    },
     /// x * sigmoid(beta x)
-    Swish { beta: f32 },
+    Swish {
+        beta: f32,
+    },
     /// x > threshold ? 1 : 0 (no gradient)
-    Threshold { threshold: f32 },
+    Threshold {
+        threshold: f32,
+    },
 }
 
 /// Operations a layer or solver may ask of the engine. Buffers carry the engine's own memory.
@@ -336,7 +363,14 @@ pub trait Engine {
 
     // ---- eltwise max ----
     /// y = max(y, x) elementwise, recording `index` in `arg` where x wins (`first`: y = x, arg = index).
-    fn max_accumulate(&self, x: &Buffer, index: usize, first: bool, y: &mut Buffer, arg: &mut Buffer);
+    fn max_accumulate(
+        &self,
+        x: &Buffer,
+        index: usize,
+        first: bool,
+        y: &mut Buffer,
+        arg: &mut Buffer,
+    );
     /// dx = dy where arg == index, else 0.
     fn max_route_backward(&self, arg: &Buffer, index: usize, dy: &Buffer, dx: &mut Buffer);
 
@@ -398,7 +432,14 @@ pub trait Engine {
     /// Caffe's stochastic pooling in TRAIN: in each window (no padding) takes the first element
     /// where the running sum reaches `rand`·Σx (one uniform draw per output), writes its value to
     /// `y` and its index within the plane to `idx`.
-    fn pool_stochastic_train(&self, g: &PoolGeom, x: &Buffer, rand: &Buffer, y: &mut Buffer, idx: &mut Buffer) {
+    fn pool_stochastic_train(
+        &self,
+        g: &PoolGeom,
+        x: &Buffer,
+        rand: &Buffer,
+        y: &mut Buffer,
+        idx: &mut Buffer,
+    ) {
         let (xv, rv) = (self.download(x), self.download(rand));
         let mut yv = vec![0.0; g.num * g.channels * g.out_h * g.out_w];
         let mut iv = yv.clone();
@@ -449,7 +490,14 @@ pub trait Engine {
     }
 
     /// dx = scale (sigmoid(x) - t), zero where the target is ignored.
-    fn sigmoid_cross_entropy_backward(&self, x: &Buffer, t: &Buffer, ignore: Option<i32>, scale: f32, dx: &mut Buffer) {
+    fn sigmoid_cross_entropy_backward(
+        &self,
+        x: &Buffer,
+        t: &Buffer,
+        ignore: Option<i32>,
+        scale: f32,
+        dx: &mut Buffer,
+    ) {
         let (xv, tv) = (self.download(x), self.download(t));
         let d: Vec<f32> = xv
             .iter()
@@ -467,7 +515,13 @@ pub trait Engine {
 }
 
 /// Stochastic pooling on host slices: sampling with `rand` (TRAIN) or the weighted average (TEST).
-fn pool_stochastic_host(g: &PoolGeom, x: &[f32], rand: Option<&[f32]>, y: &mut [f32], mut idx: Option<&mut [f32]>) {
+fn pool_stochastic_host(
+    g: &PoolGeom,
+    x: &[f32],
+    rand: Option<&[f32]>,
+    y: &mut [f32],
+    mut idx: Option<&mut [f32]>,
+) {
     let plane_in = g.in_h * g.in_w;
     let plane_out = g.out_h * g.out_w;
     for p in 0..g.num * g.channels {
@@ -522,7 +576,12 @@ pub enum UpdateRule {
     /// h = m h + (1-m) g²; u = g √((h2 + δ)/(h + δ)); h2 = m h2 + (1-m) u²; w -= lr u
     AdaDelta { momentum: f32, delta: f32 },
     /// Adam at step `t` (1-based) with bias correction √(1-β2ᵗ)/(1-β1ᵗ).
-    Adam { beta1: f32, beta2: f32, delta: f32, t: i32 },
+    Adam {
+        beta1: f32,
+        beta2: f32,
+        delta: f32,
+        t: i32,
+    },
 }
 
 impl UpdateRule {
@@ -532,7 +591,14 @@ impl UpdateRule {
     }
 
     /// Applies the rule to host slices.
-    pub fn apply_host(&self, lr: f32, g: &[f32], h: &mut [f32], h2: Option<&mut [f32]>, w: &mut [f32]) {
+    pub fn apply_host(
+        &self,
+        lr: f32,
+        g: &[f32],
+        h: &mut [f32],
+        h2: Option<&mut [f32]>,
+        w: &mut [f32],
+    ) {
         match *self {
             UpdateRule::Nesterov { momentum } => {
                 for i in 0..w.len() {
@@ -562,7 +628,12 @@ impl UpdateRule {
                     w[i] -= lr * u;
                 }
             }
-            UpdateRule::Adam { beta1, beta2, delta, t } => {
+            UpdateRule::Adam {
+                beta1,
+                beta2,
+                delta,
+                t,
+            } => {
                 let Some(v) = h2 else { return };
                 let correction = (1.0 - beta2.powi(t)).sqrt() / (1.0 - beta1.powi(t));
                 for i in 0..w.len() {

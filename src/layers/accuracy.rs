@@ -33,7 +33,10 @@ impl Layer for Accuracy {
         let a = canonical_axis(self.p.axis(), s.len(), "accuracy_param")?;
         let (o, c, i) = (count(&s, 0, a), s[a], count(&s, a + 1, s.len()));
         if self.p.top_k() as usize > c {
-            bail!("top_k ({}) must not exceed the number of classes ({c})", self.p.top_k());
+            bail!(
+                "top_k ({}) must not exceed the number of classes ({c})",
+                self.p.top_k()
+            );
         }
         if bottom[1].count() != o * i {
             bail!(
@@ -81,7 +84,11 @@ impl Layer for Accuracy {
                 }
             }
         }
-        let acc = if total == 0 { 0.0 } else { correct as f32 / total as f32 };
+        let acc = if total == 0 {
+            0.0
+        } else {
+            correct as f32 / total as f32
+        };
         e.upload(&[acc], &mut top[0].data_mut());
         if let Some(t) = top.get(1) {
             let v: Vec<f32> = per_class
@@ -93,7 +100,13 @@ impl Layer for Accuracy {
         Ok(())
     }
 
-    fn backward(&mut self, _cx: &Ctx, _top: &[BlobRef], pd: &[bool], _bottom: &[BlobRef]) -> Result<()> {
+    fn backward(
+        &mut self,
+        _cx: &Ctx,
+        _top: &[BlobRef],
+        pd: &[bool],
+        _bottom: &[BlobRef],
+    ) -> Result<()> {
         if pd.iter().any(|p| *p) {
             bail!("Accuracy has no gradient; it must not feed a loss");
         }

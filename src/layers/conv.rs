@@ -18,7 +18,13 @@ pub struct Window {
 
 /// Reads Caffe's repeated-or-_h/_w geometry fields of a ConvolutionParameter (2-D only).
 pub fn conv_window(p: &ConvolutionParameter) -> Result<Window> {
-    fn pick(rep: &[u32], h: Option<u32>, w: Option<u32>, default: u32, what: &str) -> Result<(usize, usize)> {
+    fn pick(
+        rep: &[u32],
+        h: Option<u32>,
+        w: Option<u32>,
+        default: u32,
+        what: &str,
+    ) -> Result<(usize, usize)> {
         if h.is_some() || w.is_some() {
             if !rep.is_empty() {
                 bail!("either {what} or {what}_h/{what}_w should be given, not both");
@@ -29,7 +35,10 @@ pub fn conv_window(p: &ConvolutionParameter) -> Result<Window> {
             [] => Ok((default as usize, default as usize)),
             [v] => Ok((*v as usize, *v as usize)),
             [a, b] => Ok((*a as usize, *b as usize)),
-            _ => bail!("{what} has {} values; crema supports 2-D convolution (1 or 2 values)", rep.len()),
+            _ => bail!(
+                "{what} has {} values; crema supports 2-D convolution (1 or 2 values)",
+                rep.len()
+            ),
         }
     }
     let kernel = pick(&p.kernel_size, p.kernel_h, p.kernel_w, 0, "kernel_size")?;
@@ -45,7 +54,12 @@ pub fn conv_window(p: &ConvolutionParameter) -> Result<Window> {
     if dilation.0 == 0 || dilation.1 == 0 {
         bail!("dilation must be positive");
     }
-    Ok(Window { kernel, stride, pad, dilation })
+    Ok(Window {
+        kernel,
+        stride,
+        pad,
+        dilation,
+    })
 }
 
 /// Caffe's Convolution layer.
@@ -67,7 +81,13 @@ impl Convolution {
         if p.axis() != 1 {
             bail!("convolution_param.axis {} is not supported; crema convolves N×C×H×W blobs on axis 1", p.axis());
         }
-        Ok(Box::new(Convolution { p, win, blobs: vec![], in_channels: 0, geoms: vec![] }))
+        Ok(Box::new(Convolution {
+            p,
+            win,
+            blobs: vec![],
+            in_channels: 0,
+            geoms: vec![],
+        }))
     }
 
     fn geom(&self, shape: &[usize]) -> Result<ConvGeom> {
@@ -75,7 +95,11 @@ impl Convolution {
             bail!("needs a 4-D N×C×H×W bottom, got shape {shape:?}");
         }
         if shape[1] != self.in_channels {
-            bail!("bottom has {} channels but the weights were set up for {}", shape[1], self.in_channels);
+            bail!(
+                "bottom has {} channels but the weights were set up for {}",
+                shape[1],
+                self.in_channels
+            );
         }
         let g = ConvGeom {
             num: shape[0],
@@ -98,7 +122,12 @@ impl Convolution {
         if g.in_h + 2 * g.pad_h < ext_h || g.in_w + 2 * g.pad_w < ext_w {
             bail!(
                 "kernel {}×{} (dilated {}×{}) is larger than the padded input {}×{}",
-                g.kernel_h, g.kernel_w, ext_h, ext_w, g.in_h + 2 * g.pad_h, g.in_w + 2 * g.pad_w
+                g.kernel_h,
+                g.kernel_w,
+                ext_h,
+                ext_w,
+                g.in_h + 2 * g.pad_h,
+                g.in_w + 2 * g.pad_w
             );
         }
         Ok(g)
@@ -112,7 +141,11 @@ impl Layer for Convolution {
 
     fn setup(&mut self, cx: &Ctx, bottom: &[BlobRef], top: &[BlobRef]) -> Result<()> {
         if bottom.len() != top.len() {
-            bail!("needs as many tops as bottoms, got {} bottoms and {} tops", bottom.len(), top.len());
+            bail!(
+                "needs as many tops as bottoms, got {} bottoms and {} tops",
+                bottom.len(),
+                top.len()
+            );
         }
         let shape = bottom[0].shape();
         if shape.len() != 4 {
@@ -127,7 +160,12 @@ impl Layer for Convolution {
                 self.in_channels
             );
         }
-        let wshape = [out, self.in_channels / group, self.win.kernel.0, self.win.kernel.1];
+        let wshape = [
+            out,
+            self.in_channels / group,
+            self.win.kernel.0,
+            self.win.kernel.1,
+        ];
         let wf = self.p.weight_filler.clone().unwrap_or_default();
         let w = Blob::new_ref(cx.engine, &wshape);
         w.set_data(cx.engine, &fill(&wf, &wshape)?);
@@ -156,17 +194,35 @@ impl Layer for Convolution {
         for ((b, t), g) in bottom.iter().zip(top).zip(&self.geoms) {
             e.conv_forward(g, &b.data(), &self.blobs[0].data(), &mut t.data_mut());
             if let Some(bias) = self.blobs.get(1) {
-                e.bias_forward(g.num, g.out_channels, g.out_h() * g.out_w(), &bias.data(), &mut t.data_mut());
+                e.bias_forward(
+                    g.num,
+                    g.out_channels,
+                    g.out_h() * g.out_w(),
+                    &bias.data(),
+                    &mut t.data_mut(),
+                );
             }
         }
         Ok(())
     }
 
-    fn backward(&mut self, cx: &Ctx, top: &[BlobRef], pd: &[bool], bottom: &[BlobRef]) -> Result<()> {
+    fn backward(
+        &mut self,
+        cx: &Ctx,
+        top: &[BlobRef],
+        pd: &[bool],
+        bottom: &[BlobRef],
+    ) -> Result<()> {
         let e = cx.engine;
         for (i, ((b, t), g)) in bottom.iter().zip(top).zip(&self.geoms).enumerate() {
             if let Some(bias) = self.blobs.get(1) {
-                e.bias_backward(g.num, g.out_channels, g.out_h() * g.out_w(), &t.diff(), &mut bias.diff_mut());
+                e.bias_backward(
+                    g.num,
+                    g.out_channels,
+                    g.out_h() * g.out_w(),
+                    &t.diff(),
+                    &mut bias.diff_mut(),
+                );
             }
             e.conv_backward_filter(g, &b.data(), &t.diff(), &mut self.blobs[0].diff_mut());
             if pd[i] {

@@ -19,9 +19,17 @@ impl Eltwise {
             bail!("eltwise_param.coeff applies only to operation SUM");
         }
         if !p.coeff.is_empty() && p.coeff.len() != lp.bottom.len() {
-            bail!("eltwise_param has {} coeff values for {} bottoms; give one per bottom", p.coeff.len(), lp.bottom.len());
+            bail!(
+                "eltwise_param has {} coeff values for {} bottoms; give one per bottom",
+                p.coeff.len(),
+                lp.bottom.len()
+            );
         }
-        Ok(Box::new(Eltwise { op: p.operation(), coeff: p.coeff.clone(), arg: None }))
+        Ok(Box::new(Eltwise {
+            op: p.operation(),
+            coeff: p.coeff.clone(),
+            arg: None,
+        }))
     }
 
     fn coeff(&self, i: usize) -> f32 {
@@ -38,7 +46,10 @@ impl Layer for Eltwise {
         let s = bottom[0].shape();
         for b in &bottom[1..] {
             if b.shape() != s {
-                bail!("all bottoms must have the same shape: {s:?} vs {:?}", b.shape());
+                bail!(
+                    "all bottoms must have the same shape: {s:?} vs {:?}",
+                    b.shape()
+                );
             }
         }
         if bottom.iter().any(|b| super::in_place(b, &top[0])) {
@@ -60,7 +71,12 @@ impl Layer for Eltwise {
         match self.op {
             EltwiseOp::Sum => {
                 for (i, b) in bottom.iter().enumerate() {
-                    e.axpby(self.coeff(i), &b.data(), if i == 0 { 0.0 } else { 1.0 }, &mut y);
+                    e.axpby(
+                        self.coeff(i),
+                        &b.data(),
+                        if i == 0 { 0.0 } else { 1.0 },
+                        &mut y,
+                    );
                 }
             }
             EltwiseOp::Prod => {
@@ -81,7 +97,13 @@ impl Layer for Eltwise {
         Ok(())
     }
 
-    fn backward(&mut self, cx: &Ctx, top: &[BlobRef], pd: &[bool], bottom: &[BlobRef]) -> Result<()> {
+    fn backward(
+        &mut self,
+        cx: &Ctx,
+        top: &[BlobRef],
+        pd: &[bool],
+        bottom: &[BlobRef],
+    ) -> Result<()> {
         let e = cx.engine;
         let dy = top[0].diff();
         for (i, b) in bottom.iter().enumerate() {

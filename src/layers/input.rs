@@ -50,7 +50,10 @@ impl Layer for Input {
     }
     fn setup(&mut self, cx: &Ctx, _bottom: &[BlobRef], top: &[BlobRef]) -> Result<()> {
         for (i, t) in top.iter().enumerate() {
-            t.reshape(cx.engine, &shape_for(&self.shapes, i, top.len(), "input_param")?);
+            t.reshape(
+                cx.engine,
+                &shape_for(&self.shapes, i, top.len(), "input_param")?,
+            );
         }
         Ok(())
     }
@@ -61,7 +64,13 @@ impl Layer for Input {
     fn forward(&mut self, _cx: &Ctx, _bottom: &[BlobRef], _top: &[BlobRef]) -> Result<()> {
         Ok(())
     }
-    fn backward(&mut self, _cx: &Ctx, _top: &[BlobRef], _pd: &[bool], _bottom: &[BlobRef]) -> Result<()> {
+    fn backward(
+        &mut self,
+        _cx: &Ctx,
+        _top: &[BlobRef],
+        _pd: &[bool],
+        _bottom: &[BlobRef],
+    ) -> Result<()> {
         Ok(())
     }
 }
@@ -78,19 +87,37 @@ impl DummyData {
         let mut shapes = p.shape.iter().map(dims).collect::<Result<Vec<_>>>()?;
         if shapes.is_empty() {
             // Legacy 4-D form: num/channels/height/width, one value per top or one for all.
-            let n = p.num.len().max(p.channels.len()).max(p.height.len()).max(p.width.len());
+            let n = p
+                .num
+                .len()
+                .max(p.channels.len())
+                .max(p.height.len())
+                .max(p.width.len());
             let at = |v: &[u32], i: usize| -> usize {
-                if v.len() == 1 { v[0] as usize } else { v.get(i).copied().unwrap_or(1) as usize }
+                if v.len() == 1 {
+                    v[0] as usize
+                } else {
+                    v.get(i).copied().unwrap_or(1) as usize
+                }
             };
             for i in 0..n {
-                shapes.push(vec![at(&p.num, i), at(&p.channels, i), at(&p.height, i), at(&p.width, i)]);
+                shapes.push(vec![
+                    at(&p.num, i),
+                    at(&p.channels, i),
+                    at(&p.height, i),
+                    at(&p.width, i),
+                ]);
             }
         }
         if shapes.is_empty() {
             bail!("dummy_data_param needs a shape (or num/channels/height/width)");
         }
         let fillers = p.data_filler.clone();
-        Ok(Box::new(DummyData { shapes, fillers, filled_once: false }))
+        Ok(Box::new(DummyData {
+            shapes,
+            fillers,
+            filled_once: false,
+        }))
     }
 
     fn filler(&self, i: usize) -> FillerParameter {
@@ -108,10 +135,17 @@ impl Layer for DummyData {
     }
     fn setup(&mut self, cx: &Ctx, _bottom: &[BlobRef], top: &[BlobRef]) -> Result<()> {
         if self.fillers.len() > 1 && self.fillers.len() != top.len() {
-            bail!("dummy_data_param has {} data_filler entries for {} tops", self.fillers.len(), top.len());
+            bail!(
+                "dummy_data_param has {} data_filler entries for {} tops",
+                self.fillers.len(),
+                top.len()
+            );
         }
         for (i, t) in top.iter().enumerate() {
-            t.reshape(cx.engine, &shape_for(&self.shapes, i, top.len(), "dummy_data_param")?);
+            t.reshape(
+                cx.engine,
+                &shape_for(&self.shapes, i, top.len(), "dummy_data_param")?,
+            );
         }
         Ok(())
     }
@@ -129,7 +163,13 @@ impl Layer for DummyData {
         self.filled_once = true;
         Ok(())
     }
-    fn backward(&mut self, _cx: &Ctx, _top: &[BlobRef], _pd: &[bool], _bottom: &[BlobRef]) -> Result<()> {
+    fn backward(
+        &mut self,
+        _cx: &Ctx,
+        _top: &[BlobRef],
+        _pd: &[bool],
+        _bottom: &[BlobRef],
+    ) -> Result<()> {
         Ok(())
     }
 }

@@ -50,7 +50,13 @@ impl Layer for EuclideanLoss {
         Ok(())
     }
 
-    fn backward(&mut self, cx: &Ctx, top: &[BlobRef], pd: &[bool], bottom: &[BlobRef]) -> Result<()> {
+    fn backward(
+        &mut self,
+        cx: &Ctx,
+        top: &[BlobRef],
+        pd: &[bool],
+        bottom: &[BlobRef],
+    ) -> Result<()> {
         let e = cx.engine;
         let Some(d) = &self.diff else { return Ok(()) };
         let w = e.download(&top[0].diff())[0];

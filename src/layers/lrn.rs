@@ -19,7 +19,11 @@ impl Lrn {
         if p.local_size().is_multiple_of(2) {
             bail!("lrn_param.local_size must be odd, got {}", p.local_size());
         }
-        Ok(Box::new(Lrn { p, params: None, scale: None }))
+        Ok(Box::new(Lrn {
+            p,
+            params: None,
+            scale: None,
+        }))
     }
 }
 
@@ -57,12 +61,23 @@ impl Layer for Lrn {
             bail!("LRN cannot run in place; give it a top of its own");
         }
         if let (Some(p), Some(s)) = (&self.params, &self.scale) {
-            cx.engine.lrn_forward(p, &bottom[0].data(), &mut top[0].data_mut(), &mut s.data_mut());
+            cx.engine.lrn_forward(
+                p,
+                &bottom[0].data(),
+                &mut top[0].data_mut(),
+                &mut s.data_mut(),
+            );
         }
         Ok(())
     }
 
-    fn backward(&mut self, cx: &Ctx, top: &[BlobRef], pd: &[bool], bottom: &[BlobRef]) -> Result<()> {
+    fn backward(
+        &mut self,
+        cx: &Ctx,
+        top: &[BlobRef],
+        pd: &[bool],
+        bottom: &[BlobRef],
+    ) -> Result<()> {
         if let (Some(p), Some(s), true) = (&self.params, &self.scale, pd[0]) {
             cx.engine.lrn_backward(
                 p,

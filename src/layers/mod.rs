@@ -20,8 +20,8 @@ mod embed;
 mod hdf5;
 mod hinge_loss;
 mod im2col;
-mod input;
 mod inner_product;
+mod input;
 mod logistic_loss;
 mod loss;
 mod lrn;
@@ -151,7 +151,10 @@ fn registry() -> &'static [(&'static str, Constructor)] {
         ("LSTMUnit", lstm_unit::LstmUnit::create),
         ("Log", neuron::Neuron::create),
         ("MVN", mvn::Mvn::create),
-        ("MultinomialLogisticLoss", logistic_loss::MultinomialLogisticLoss::create),
+        (
+            "MultinomialLogisticLoss",
+            logistic_loss::MultinomialLogisticLoss::create,
+        ),
         ("Parameter", parameter::Parameter::create),
         ("Pooling", pooling::Pooling::create),
         ("PReLU", prelu::PRelu::create),
@@ -163,7 +166,10 @@ fn registry() -> &'static [(&'static str, Constructor)] {
         ("SPP", spp::Spp::create),
         ("Scale", scale::Scale::create),
         ("Sigmoid", neuron::Neuron::create),
-        ("SigmoidCrossEntropyLoss", sigmoid_loss::SigmoidCrossEntropyLoss::create),
+        (
+            "SigmoidCrossEntropyLoss",
+            sigmoid_loss::SigmoidCrossEntropyLoss::create,
+        ),
         ("Silence", shape::Silence::create),
         ("Slice", shape::Slice::create),
         ("Softmax", softmax::Softmax::create),
@@ -255,7 +261,11 @@ pub fn canonical_axis(axis: i32, num_axes: usize, what: &str) -> Result<usize> {
     if axis < -n || axis >= n.max(1) {
         bail!("{what} axis {axis} is out of range for a blob with {num_axes} axes");
     }
-    Ok(if axis < 0 { (axis + n) as usize } else { axis as usize })
+    Ok(if axis < 0 {
+        (axis + n) as usize
+    } else {
+        axis as usize
+    })
 }
 
 /// Product of shape[start..end].

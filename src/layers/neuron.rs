@@ -18,7 +18,10 @@ fn grad_from_output(f: Activation) -> bool {
     match f {
         Activation::Relu { negative_slope } => negative_slope >= 0.0,
         Activation::Elu { alpha } => alpha >= 0.0,
-        Activation::Sigmoid | Activation::TanH | Activation::Exp { .. } | Activation::Threshold { .. } => true,
+        Activation::Sigmoid
+        | Activation::TanH
+        | Activation::Exp { .. }
+        | Activation::Threshold { .. } => true,
         _ => false,
     }
 }
@@ -27,41 +30,74 @@ impl Neuron {
     pub fn create(lp: &LayerParameter) -> Result<Box<dyn Layer>> {
         let f = match lp.r#type() {
             "ReLU" => Activation::Relu {
-                negative_slope: lp.relu_param.as_ref().map(|p| p.negative_slope()).unwrap_or(0.0),
+                negative_slope: lp
+                    .relu_param
+                    .as_ref()
+                    .map(|p| p.negative_slope())
+                    .unwrap_or(0.0),
             },
             "Sigmoid" => Activation::Sigmoid,
             "TanH" => Activation::TanH,
-            "ELU" => Activation::Elu { alpha: lp.elu_param.as_ref().map(|p| p.alpha()).unwrap_or(1.0) },
+            "ELU" => Activation::Elu {
+                alpha: lp.elu_param.as_ref().map(|p| p.alpha()).unwrap_or(1.0),
+            },
             "AbsVal" => Activation::AbsVal,
             "BNLL" => Activation::Bnll,
             "Power" => {
                 let p = lp.power_param.unwrap_or_default();
-                Activation::Power { power: p.power(), scale: p.scale(), shift: p.shift() }
+                Activation::Power {
+                    power: p.power(),
+                    scale: p.scale(),
+                    shift: p.shift(),
+                }
             }
             "Exp" => {
                 let p = lp.exp_param.unwrap_or_default();
                 if p.base() != -1.0 && p.base() <= 0.0 {
-                    bail!("exp_param.base must be positive or -1 (for e), got {}", p.base());
+                    bail!(
+                        "exp_param.base must be positive or -1 (for e), got {}",
+                        p.base()
+                    );
                 }
-                Activation::Exp { base: p.base(), scale: p.scale(), shift: p.shift() }
+                Activation::Exp {
+                    base: p.base(),
+                    scale: p.scale(),
+                    shift: p.shift(),
+                }
             }
             "Log" => {
                 let p = lp.log_param.unwrap_or_default();
                 if p.base() != -1.0 && p.base() <= 0.0 {
-                    bail!("log_param.base must be positive or -1 (for e), got {}", p.base());
+                    bail!(
+                        "log_param.base must be positive or -1 (for e), got {}",
+                        p.base()
+                    );
                 }
-                Activation::Log { base: p.base(), scale: p.scale(), shift: p.shift() }
+                Activation::Log {
+                    base: p.base(),
+                    scale: p.scale(),
+                    shift: p.shift(),
+                }
             }
             "Clip" => {
                 let p = lp.clip_param.unwrap_or_default();
                 if p.min > p.max {
                     bail!("clip_param.min ({}) must not exceed max ({})", p.min, p.max);
                 }
-                Activation::Clip { min: p.min, max: p.max }
+                Activation::Clip {
+                    min: p.min,
+                    max: p.max,
+                }
             }
-            "Swish" => Activation::Swish { beta: lp.swish_param.as_ref().map(|p| p.beta()).unwrap_or(1.0) },
+            "Swish" => Activation::Swish {
+                beta: lp.swish_param.as_ref().map(|p| p.beta()).unwrap_or(1.0),
+            },
             "Threshold" => Activation::Threshold {
-                threshold: lp.threshold_param.as_ref().map(|p| p.threshold()).unwrap_or(0.0),
+                threshold: lp
+                    .threshold_param
+                    .as_ref()
+                    .map(|p| p.threshold())
+                    .unwrap_or(0.0),
             },
             other => bail!("`{other}` is not an elementwise layer"),
         };
@@ -82,16 +118,27 @@ impl Layer for Neuron {
     fn forward(&mut self, cx: &Ctx, bottom: &[BlobRef], top: &[BlobRef]) -> Result<()> {
         if super::in_place(&bottom[0], &top[0]) && !grad_from_output(self.f) {
             // The gradient needs the input, which running in place overwrites: keep a copy.
-            let saved = self.saved.get_or_insert_with(|| Blob::new_ref(cx.engine, &[]));
+            let saved = self
+                .saved
+                .get_or_insert_with(|| Blob::new_ref(cx.engine, &[]));
             saved.reshape(cx.engine, &bottom[0].shape());
             let n = bottom[0].count();
-            cx.engine.copy_blocks(1, n, &bottom[0].data(), 0, 0, &mut saved.data_mut(), 0, 0);
+            cx.engine
+                .copy_blocks(1, n, &bottom[0].data(), 0, 0, &mut saved.data_mut(), 0, 0);
         }
-        with_in_out(&bottom[0], &top[0], |x, y| cx.engine.act_forward(self.f, x, y));
+        with_in_out(&bottom[0], &top[0], |x, y| {
+            cx.engine.act_forward(self.f, x, y)
+        });
         Ok(())
     }
 
-    fn backward(&mut self, cx: &Ctx, top: &[BlobRef], pd: &[bool], bottom: &[BlobRef]) -> Result<()> {
+    fn backward(
+        &mut self,
+        cx: &Ctx,
+        top: &[BlobRef],
+        pd: &[bool],
+        bottom: &[BlobRef],
+    ) -> Result<()> {
         if !pd[0] {
             return Ok(());
         }
@@ -100,12 +147,19 @@ impl Layer for Neuron {
             // (ReLU keeps the sign) use it as x; the others use the input saved by forward.
             let y = top[0].data();
             match (&self.saved, grad_from_output(self.f)) {
-                (Some(x), false) => cx.engine.act_backward(self.f, &x.data(), &y, None, &mut bottom[0].diff_mut()),
-                _ => cx.engine.act_backward(self.f, &y, &y, None, &mut bottom[0].diff_mut()),
+                (Some(x), false) => {
+                    cx.engine
+                        .act_backward(self.f, &x.data(), &y, None, &mut bottom[0].diff_mut())
+                }
+                _ => cx
+                    .engine
+                    .act_backward(self.f, &y, &y, None, &mut bottom[0].diff_mut()),
             }
         } else {
             let (x, y) = (bottom[0].data(), top[0].data());
-            with_diff_in_out(&top[0], &bottom[0], |dy, dx| cx.engine.act_backward(self.f, &x, &y, dy, dx));
+            with_diff_in_out(&top[0], &bottom[0], |dy, dx| {
+                cx.engine.act_backward(self.f, &x, &y, dy, dx)
+            });
         }
         Ok(())
     }
@@ -120,7 +174,11 @@ pub struct Dropout {
 
 impl Dropout {
     pub fn create(lp: &LayerParameter) -> Result<Box<dyn Layer>> {
-        let ratio = lp.dropout_param.as_ref().map(|p| p.dropout_ratio()).unwrap_or(0.5);
+        let ratio = lp
+            .dropout_param
+            .as_ref()
+            .map(|p| p.dropout_ratio())
+            .unwrap_or(0.5);
         if !(0.0..1.0).contains(&ratio) {
             bail!("dropout_ratio must be in [0, 1), got {ratio}");
         }
@@ -146,22 +204,32 @@ impl Layer for Dropout {
     fn forward(&mut self, cx: &Ctx, bottom: &[BlobRef], top: &[BlobRef]) -> Result<()> {
         let train = cx.phase == Phase::Train;
         with_in_out(&bottom[0], &top[0], |x, y| match (train, &self.mask, x) {
-            (true, Some(m), x) => cx.engine.dropout_forward(self.ratio, x, y, &mut m.data_mut()),
+            (true, Some(m), x) => cx
+                .engine
+                .dropout_forward(self.ratio, x, y, &mut m.data_mut()),
             (false, _, Some(x)) => cx.engine.axpby(1.0, x, 0.0, y),
             _ => {}
         });
         Ok(())
     }
 
-    fn backward(&mut self, cx: &Ctx, top: &[BlobRef], pd: &[bool], bottom: &[BlobRef]) -> Result<()> {
+    fn backward(
+        &mut self,
+        cx: &Ctx,
+        top: &[BlobRef],
+        pd: &[bool],
+        bottom: &[BlobRef],
+    ) -> Result<()> {
         if !pd[0] {
             return Ok(());
         }
         let train = cx.phase == Phase::Train;
-        with_diff_in_out(&top[0], &bottom[0], |dy, dx| match (train, &self.mask, dy) {
-            (true, Some(m), dy) => cx.engine.mul(dy, &m.data(), dx),
-            (false, _, Some(dy)) => cx.engine.axpby(1.0, dy, 0.0, dx),
-            _ => {}
+        with_diff_in_out(&top[0], &bottom[0], |dy, dx| {
+            match (train, &self.mask, dy) {
+                (true, Some(m), dy) => cx.engine.mul(dy, &m.data(), dx),
+                (false, _, Some(dy)) => cx.engine.axpby(1.0, dy, 0.0, dx),
+                _ => {}
+            }
         });
         Ok(())
     }

@@ -21,7 +21,11 @@ pub struct Pooling {
 /// Caffe's pooled size: ceil by default, minus one when the last window would start in the padding.
 pub fn pooled_size(input: usize, kernel: usize, pad: usize, stride: usize, ceil: bool) -> usize {
     let span = (input + 2 * pad).saturating_sub(kernel);
-    let mut out = if ceil { span.div_ceil(stride) } else { span / stride } + 1;
+    let mut out = if ceil {
+        span.div_ceil(stride)
+    } else {
+        span / stride
+    } + 1;
     if pad > 0 && (out - 1) * stride >= input + pad {
         out -= 1;
     }
@@ -38,9 +42,17 @@ impl Pooling {
         };
         let padded = p.pad() != 0 || p.pad_h() != 0 || p.pad_w() != 0;
         if method.is_none() && padded {
-            bail!("padding is implemented only for MAX and AVE pooling (as in Caffe), not STOCHASTIC");
+            bail!(
+                "padding is implemented only for MAX and AVE pooling (as in Caffe), not STOCHASTIC"
+            );
         }
-        Ok(Box::new(Pooling { p, method, geom: None, rand: Work::default(), taken: Work::default() }))
+        Ok(Box::new(Pooling {
+            p,
+            method,
+            geom: None,
+            rand: Work::default(),
+            taken: Work::default(),
+        }))
     }
 
     fn make_geom(&self, shape: &[usize]) -> Result<PoolGeom> {
@@ -49,7 +61,12 @@ impl Pooling {
         }
         let p = &self.p;
         let (h, w) = (shape[2], shape[3]);
-        let two = |single: Option<u32>, hh: Option<u32>, ww: Option<u32>, default: u32, what: &str| -> Result<(usize, usize)> {
+        let two = |single: Option<u32>,
+                   hh: Option<u32>,
+                   ww: Option<u32>,
+                   default: u32,
+                   what: &str|
+         -> Result<(usize, usize)> {
             match (single, hh, ww) {
                 (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
                     bail!("give either {what} or {what}_h and {what}_w, not both")
@@ -60,7 +77,9 @@ impl Pooling {
         };
         let (kernel, pad, stride) = if p.global_pooling() {
             if p.kernel_size.is_some() || p.kernel_h.is_some() {
-                bail!("with global_pooling the kernel size comes from the bottom; remove kernel_size");
+                bail!(
+                    "with global_pooling the kernel size comes from the bottom; remove kernel_size"
+                );
             }
             ((h, w), (0, 0), (1, 1))
         } else {
@@ -125,20 +144,33 @@ impl Layer for Pooling {
         Ok(())
     }
 
-    fn backward(&mut self, cx: &Ctx, top: &[BlobRef], pd: &[bool], bottom: &[BlobRef]) -> Result<()> {
+    fn backward(
+        &mut self,
+        cx: &Ctx,
+        top: &[BlobRef],
+        pd: &[bool],
+        bottom: &[BlobRef],
+    ) -> Result<()> {
         let Some(g) = &self.geom else { return Ok(()) };
         if !pd[0] {
             return Ok(());
         }
         let e = cx.engine;
         match (self.method, self.taken.buf()) {
-            (Some(m), _) => {
-                e.pool_backward(g, m, &bottom[0].data(), &top[0].data(), &top[0].diff(), &mut bottom[0].diff_mut())
-            }
+            (Some(m), _) => e.pool_backward(
+                g,
+                m,
+                &bottom[0].data(),
+                &top[0].data(),
+                &top[0].diff(),
+                &mut bottom[0].diff_mut(),
+            ),
             (None, Some(taken)) if cx.phase == Phase::Train => {
                 e.pool_stochastic_backward(g, taken, &top[0].diff(), &mut bottom[0].diff_mut())
             }
-            (None, _) => bail!("STOCHASTIC pooling has a gradient only in TRAIN, through the sampled elements"),
+            (None, _) => bail!(
+                "STOCHASTIC pooling has a gradient only in TRAIN, through the sampled elements"
+            ),
         }
         Ok(())
     }

@@ -9,7 +9,8 @@ use crema_proto::caffe::LayerParameter;
 fn copy_data(cx: &Ctx, src: &BlobRef, dst: &BlobRef) {
     if !super::in_place(src, dst) {
         let n = src.count();
-        cx.engine.copy_blocks(1, n, &src.data(), 0, 0, &mut dst.data_mut(), 0, 0);
+        cx.engine
+            .copy_blocks(1, n, &src.data(), 0, 0, &mut dst.data_mut(), 0, 0);
     }
 }
 
@@ -17,7 +18,8 @@ fn copy_data(cx: &Ctx, src: &BlobRef, dst: &BlobRef) {
 fn copy_diff(cx: &Ctx, src: &BlobRef, dst: &BlobRef) {
     if !super::in_place(src, dst) {
         let n = src.count();
-        cx.engine.copy_blocks(1, n, &src.diff(), 0, 0, &mut dst.diff_mut(), 0, 0);
+        cx.engine
+            .copy_blocks(1, n, &src.diff(), 0, 0, &mut dst.diff_mut(), 0, 0);
     }
 }
 
@@ -49,14 +51,21 @@ impl Layer for Split {
         }
         Ok(())
     }
-    fn backward(&mut self, cx: &Ctx, top: &[BlobRef], pd: &[bool], bottom: &[BlobRef]) -> Result<()> {
+    fn backward(
+        &mut self,
+        cx: &Ctx,
+        top: &[BlobRef],
+        pd: &[bool],
+        bottom: &[BlobRef],
+    ) -> Result<()> {
         if !pd[0] {
             return Ok(());
         }
         copy_diff(cx, &top[0], &bottom[0]);
         let n = bottom[0].count();
         for t in &top[1..] {
-            cx.engine.add_blocks(1, n, &t.diff(), 0, 0, &mut bottom[0].diff_mut(), 0, 0);
+            cx.engine
+                .add_blocks(1, n, &t.diff(), 0, 0, &mut bottom[0].diff_mut(), 0, 0);
         }
         Ok(())
     }
@@ -86,7 +95,13 @@ impl Layer for Reshaping {
         copy_data(cx, &bottom[0], &top[0]);
         Ok(())
     }
-    fn backward(&mut self, cx: &Ctx, top: &[BlobRef], pd: &[bool], bottom: &[BlobRef]) -> Result<()> {
+    fn backward(
+        &mut self,
+        cx: &Ctx,
+        top: &[BlobRef],
+        pd: &[bool],
+        bottom: &[BlobRef],
+    ) -> Result<()> {
         if pd[0] {
             copy_diff(cx, &top[0], &bottom[0]);
         }
@@ -105,7 +120,9 @@ impl Flatten {
                 let a = canonical_axis(axis, s.len(), "flatten_param")?;
                 let e = canonical_axis(end, s.len(), "flatten_param end_axis")?;
                 if e < a {
-                    bail!("flatten_param end_axis ({end}) comes before axis ({axis}) for shape {s:?}");
+                    bail!(
+                        "flatten_param end_axis ({end}) comes before axis ({axis}) for shape {s:?}"
+                    );
                 }
                 let mut out = s[..a].to_vec();
                 out.push(count(s, a, e + 1));
@@ -126,7 +143,9 @@ impl Reshape {
             bail!("reshape_param.shape may contain at most one -1 (the inferred dimension)");
         }
         if let Some(d) = dims.iter().find(|d| **d < -1) {
-            bail!("reshape_param.shape has dimension {d}; use positive sizes, 0 (copy) or -1 (infer)");
+            bail!(
+                "reshape_param.shape has dimension {d}; use positive sizes, 0 (copy) or -1 (infer)"
+            );
         }
         let (axis, num_axes) = (p.axis(), p.num_axes());
         Ok(Box::new(Reshaping {
@@ -138,7 +157,11 @@ impl Reshape {
                     bail!("reshape_param.axis {axis} is out of range for shape {s:?}");
                 }
                 let start = start as usize;
-                let end = if num_axes == -1 { s.len() } else { start + num_axes.max(0) as usize };
+                let end = if num_axes == -1 {
+                    s.len()
+                } else {
+                    start + num_axes.max(0) as usize
+                };
                 if end > s.len() {
                     bail!("reshape_param axis {axis} + num_axes {num_axes} exceed the {} axes of {s:?}", s.len());
                 }
@@ -148,7 +171,10 @@ impl Reshape {
                     match *d {
                         0 => match s.get(start + i) {
                             Some(v) => out.push(*v),
-                            None => bail!("reshape_param dim {i} is 0 (copy) but the bottom has no axis {}", start + i),
+                            None => bail!(
+                                "reshape_param dim {i} is 0 (copy) but the bottom has no axis {}",
+                                start + i
+                            ),
                         },
                         -1 => {
                             infer = Some(out.len());
@@ -189,7 +215,11 @@ impl Concat {
         if p.axis.is_some() && p.concat_dim.is_some() {
             bail!("give either concat_param.axis or the legacy concat_dim, not both");
         }
-        Ok(Box::new(Concat { axis: p.axis(), legacy_dim: p.concat_dim, resolved: 1 }))
+        Ok(Box::new(Concat {
+            axis: p.axis(),
+            legacy_dim: p.concat_dim,
+            resolved: 1,
+        }))
     }
 }
 
@@ -230,12 +260,27 @@ impl Layer for Concat {
         let mut y = top[0].data_mut();
         for b in bottom {
             let ch = b.dim(a);
-            cx.engine.copy_blocks(outer, ch * inner, &b.data(), 0, ch * inner, &mut y, off * inner, ts[a] * inner);
+            cx.engine.copy_blocks(
+                outer,
+                ch * inner,
+                &b.data(),
+                0,
+                ch * inner,
+                &mut y,
+                off * inner,
+                ts[a] * inner,
+            );
             off += ch;
         }
         Ok(())
     }
-    fn backward(&mut self, cx: &Ctx, top: &[BlobRef], pd: &[bool], bottom: &[BlobRef]) -> Result<()> {
+    fn backward(
+        &mut self,
+        cx: &Ctx,
+        top: &[BlobRef],
+        pd: &[bool],
+        bottom: &[BlobRef],
+    ) -> Result<()> {
         if bottom.len() == 1 {
             if pd[0] {
                 copy_diff(cx, &top[0], &bottom[0]);
@@ -250,7 +295,16 @@ impl Layer for Concat {
         for (i, b) in bottom.iter().enumerate() {
             let ch = b.dim(a);
             if pd[i] {
-                cx.engine.copy_blocks(outer, ch * inner, &dy, off * inner, ts[a] * inner, &mut b.diff_mut(), 0, ch * inner);
+                cx.engine.copy_blocks(
+                    outer,
+                    ch * inner,
+                    &dy,
+                    off * inner,
+                    ts[a] * inner,
+                    &mut b.diff_mut(),
+                    0,
+                    ch * inner,
+                );
             }
             off += ch;
         }
@@ -272,7 +326,12 @@ impl Slice {
         if p.axis.is_some() && p.slice_dim.is_some() {
             bail!("give either slice_param.axis or the legacy slice_dim, not both");
         }
-        Ok(Box::new(Slice { axis: p.axis(), legacy_dim: p.slice_dim, points: p.slice_point.clone(), resolved: 1 }))
+        Ok(Box::new(Slice {
+            axis: p.axis(),
+            legacy_dim: p.slice_dim,
+            points: p.slice_point.clone(),
+            resolved: 1,
+        }))
     }
 }
 
@@ -292,19 +351,30 @@ impl Layer for Slice {
         let total = s[a];
         let sizes: Vec<usize> = if self.points.is_empty() {
             if !total.is_multiple_of(top.len()) {
-                bail!("axis {a} of size {total} does not split evenly into {} tops; give slice_point", top.len());
+                bail!(
+                    "axis {a} of size {total} does not split evenly into {} tops; give slice_point",
+                    top.len()
+                );
             }
             vec![total / top.len(); top.len()]
         } else {
             if self.points.len() + 1 != top.len() {
-                bail!("{} slice points give {} pieces but the layer has {} tops", self.points.len(), self.points.len() + 1, top.len());
+                bail!(
+                    "{} slice points give {} pieces but the layer has {} tops",
+                    self.points.len(),
+                    self.points.len() + 1,
+                    top.len()
+                );
             }
             let mut prev = 0usize;
             let mut v = vec![];
             for &p in &self.points {
                 let p = p as usize;
                 if p <= prev || p >= total {
-                    bail!("slice points {:?} must increase strictly within (0, {total})", self.points);
+                    bail!(
+                        "slice points {:?} must increase strictly within (0, {total})",
+                        self.points
+                    );
                 }
                 v.push(p - prev);
                 prev = p;
@@ -328,12 +398,27 @@ impl Layer for Slice {
         let mut off = 0;
         for t in top {
             let ch = t.dim(a);
-            cx.engine.copy_blocks(outer, ch * inner, &x, off * inner, s[a] * inner, &mut t.data_mut(), 0, ch * inner);
+            cx.engine.copy_blocks(
+                outer,
+                ch * inner,
+                &x,
+                off * inner,
+                s[a] * inner,
+                &mut t.data_mut(),
+                0,
+                ch * inner,
+            );
             off += ch;
         }
         Ok(())
     }
-    fn backward(&mut self, cx: &Ctx, top: &[BlobRef], pd: &[bool], bottom: &[BlobRef]) -> Result<()> {
+    fn backward(
+        &mut self,
+        cx: &Ctx,
+        top: &[BlobRef],
+        pd: &[bool],
+        bottom: &[BlobRef],
+    ) -> Result<()> {
         if !pd[0] {
             return Ok(());
         }
@@ -344,7 +429,16 @@ impl Layer for Slice {
         let mut off = 0;
         for t in top {
             let ch = t.dim(a);
-            cx.engine.copy_blocks(outer, ch * inner, &t.diff(), 0, ch * inner, &mut dx, off * inner, s[a] * inner);
+            cx.engine.copy_blocks(
+                outer,
+                ch * inner,
+                &t.diff(),
+                0,
+                ch * inner,
+                &mut dx,
+                off * inner,
+                s[a] * inner,
+            );
             off += ch;
         }
         Ok(())
@@ -370,7 +464,13 @@ impl Layer for Silence {
     fn forward(&mut self, _cx: &Ctx, _bottom: &[BlobRef], _top: &[BlobRef]) -> Result<()> {
         Ok(())
     }
-    fn backward(&mut self, cx: &Ctx, _top: &[BlobRef], pd: &[bool], bottom: &[BlobRef]) -> Result<()> {
+    fn backward(
+        &mut self,
+        cx: &Ctx,
+        _top: &[BlobRef],
+        pd: &[bool],
+        bottom: &[BlobRef],
+    ) -> Result<()> {
         for (b, p) in bottom.iter().zip(pd) {
             if *p {
                 cx.engine.fill(0.0, &mut b.diff_mut());

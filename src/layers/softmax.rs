@@ -9,7 +9,12 @@ use crema_proto::caffe::{LayerParameter, LossParameter};
 /// (outer, channels, inner) around a softmax axis.
 fn split_axis(shape: &[usize], axis: i32) -> Result<(usize, usize, usize, usize)> {
     let a = canonical_axis(axis, shape.len(), "softmax_param")?;
-    Ok((count(shape, 0, a), shape[a], count(shape, a + 1, shape.len()), a))
+    Ok((
+        count(shape, 0, a),
+        shape[a],
+        count(shape, a + 1, shape.len()),
+        a,
+    ))
 }
 
 pub struct Softmax {
@@ -20,7 +25,10 @@ pub struct Softmax {
 impl Softmax {
     pub fn create(lp: &LayerParameter) -> Result<Box<dyn Layer>> {
         let axis = lp.softmax_param.as_ref().map(|p| p.axis()).unwrap_or(1);
-        Ok(Box::new(Softmax { axis, dims: (0, 0, 0) }))
+        Ok(Box::new(Softmax {
+            axis,
+            dims: (0, 0, 0),
+        }))
     }
 }
 
@@ -42,20 +50,30 @@ impl Layer for Softmax {
         if super::in_place(&bottom[0], &top[0]) {
             // The kernel reads every input of a row before writing it, so stage a copy.
             let x = top[0].data().clone();
-            cx.engine.softmax_forward(o, c, i, &x, &mut top[0].data_mut());
+            cx.engine
+                .softmax_forward(o, c, i, &x, &mut top[0].data_mut());
         } else {
-            cx.engine.softmax_forward(o, c, i, &bottom[0].data(), &mut top[0].data_mut());
+            cx.engine
+                .softmax_forward(o, c, i, &bottom[0].data(), &mut top[0].data_mut());
         }
         Ok(())
     }
 
-    fn backward(&mut self, cx: &Ctx, top: &[BlobRef], pd: &[bool], bottom: &[BlobRef]) -> Result<()> {
+    fn backward(
+        &mut self,
+        cx: &Ctx,
+        top: &[BlobRef],
+        pd: &[bool],
+        bottom: &[BlobRef],
+    ) -> Result<()> {
         if !pd[0] {
             return Ok(());
         }
         let (o, c, i) = self.dims;
         let y = top[0].data();
-        with_diff_in_out(&top[0], &bottom[0], |dy, dx| cx.engine.softmax_backward(o, c, i, &y, dy, dx));
+        with_diff_in_out(&top[0], &bottom[0], |dy, dx| {
+            cx.engine.softmax_backward(o, c, i, &y, dy, dx)
+        });
         Ok(())
     }
 }
@@ -72,7 +90,13 @@ impl SoftmaxWithLoss {
     pub fn create(lp: &LayerParameter) -> Result<Box<dyn Layer>> {
         let axis = lp.softmax_param.as_ref().map(|p| p.axis()).unwrap_or(1);
         let loss = lp.loss_param.unwrap_or_default();
-        Ok(Box::new(SoftmaxWithLoss { axis, loss, prob: None, dims: (0, 0, 0), norm: 1.0 }))
+        Ok(Box::new(SoftmaxWithLoss {
+            axis,
+            loss,
+            prob: None,
+            dims: (0, 0, 0),
+            norm: 1.0,
+        }))
     }
 
     fn ignore(&self) -> Option<i32> {
@@ -116,7 +140,9 @@ impl Layer for SoftmaxWithLoss {
     fn forward(&mut self, cx: &Ctx, bottom: &[BlobRef], top: &[BlobRef]) -> Result<()> {
         let (o, c, i) = self.dims;
         let e = cx.engine;
-        let Some(prob) = &self.prob else { return Ok(()) };
+        let Some(prob) = &self.prob else {
+            return Ok(());
+        };
         e.softmax_forward(o, c, i, &bottom[0].data(), &mut prob.data_mut());
         let labels = bottom[1].data();
         if self.ignore().is_none() {
@@ -127,7 +153,12 @@ impl Layer for SoftmaxWithLoss {
             }
         }
         let (loss, valid) = e.softmax_loss(o, c, i, &prob.data(), &labels, self.ignore());
-        self.norm = normalization::divisor(normalization::mode(&self.loss, NormalizationMode::Valid), o, i, valid);
+        self.norm = normalization::divisor(
+            normalization::mode(&self.loss, NormalizationMode::Valid),
+            o,
+            i,
+            valid,
+        );
         e.upload(&[loss / self.norm], &mut top[0].data_mut());
         if let Some(t) = top.get(1) {
             e.axpby(1.0, &prob.data(), 0.0, &mut t.data_mut());
@@ -135,7 +166,13 @@ impl Layer for SoftmaxWithLoss {
         Ok(())
     }
 
-    fn backward(&mut self, cx: &Ctx, top: &[BlobRef], pd: &[bool], bottom: &[BlobRef]) -> Result<()> {
+    fn backward(
+        &mut self,
+        cx: &Ctx,
+        top: &[BlobRef],
+        pd: &[bool],
+        bottom: &[BlobRef],
+    ) -> Result<()> {
         if pd.get(1).copied().unwrap_or(false) {
             bail!("cannot backpropagate to the labels; set propagate_down: false for them");
         }
@@ -144,7 +181,9 @@ impl Layer for SoftmaxWithLoss {
         }
         let (o, c, i) = self.dims;
         let e = cx.engine;
-        let Some(prob) = &self.prob else { return Ok(()) };
+        let Some(prob) = &self.prob else {
+            return Ok(());
+        };
         let w = e.download(&top[0].diff())[0];
         e.softmax_loss_backward(
             o,

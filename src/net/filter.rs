@@ -1,6 +1,8 @@
 //! Caffe's NetState rules: which layers belong to a phase / level / stage.
 
-use crema_proto::caffe::{LayerParameter, NetParameter, NetState, NetStateRule, Phase as ProtoPhase};
+use crema_proto::caffe::{
+    LayerParameter, NetParameter, NetState, NetStateRule, Phase as ProtoPhase,
+};
 
 use crate::layers::Phase;
 use crate::{bail, Result};
@@ -16,7 +18,11 @@ pub struct State {
 impl State {
     /// A state for a phase with no level or stages.
     pub fn phase(phase: Phase) -> Self {
-        State { phase, level: 0, stages: vec![] }
+        State {
+            phase,
+            level: 0,
+            stages: vec![],
+        }
     }
 
     /// Merges the net's own `state` field: its level and stages apply, the phase is ours.

@@ -13,12 +13,12 @@ pub use summary::{LayerSummary, NetSummary};
 use crate::blob::{Blob, BlobRef};
 use crate::engine::Engine;
 use crate::layers::{create_layer, Ctx, Layer, Phase};
+use crate::solver::lr::fmt_g;
 use crate::{bail, Error, Result};
 use crema_proto::caffe::param_spec::DimCheckMode;
 use crema_proto::caffe::{LayerParameter, NetParameter};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
-use crate::solver::lr::fmt_g;
 use tracing::info;
 
 /// One layer in the net with its wiring.
@@ -85,7 +85,10 @@ impl Net {
     }
 
     fn ctx(&self) -> Ctx<'_> {
-        Ctx { engine: &*self.engine, phase: self.phase }
+        Ctx {
+            engine: &*self.engine,
+            phase: self.phase,
+        }
     }
 
     fn build(&mut self, param: &NetParameter, force_backward: bool) -> Result<()> {
@@ -148,10 +151,18 @@ impl Net {
             }
             let ((bmin, bmax), (tmin, tmax)) = layer.arity();
             if lp.bottom.len() < bmin || lp.bottom.len() > bmax {
-                bail!("layer `{lname}` (type {kind}): takes {} bottoms, got {}", arity_text(bmin, bmax), lp.bottom.len());
+                bail!(
+                    "layer `{lname}` (type {kind}): takes {} bottoms, got {}",
+                    arity_text(bmin, bmax),
+                    lp.bottom.len()
+                );
             }
             if lp.top.len() < tmin || lp.top.len() > tmax {
-                bail!("layer `{lname}` (type {kind}): produces {} tops, got {}", arity_text(tmin, tmax), lp.top.len());
+                bail!(
+                    "layer `{lname}` (type {kind}): produces {} tops, got {}",
+                    arity_text(tmin, tmax),
+                    lp.top.len()
+                );
             }
             let bb: Vec<BlobRef> = bottoms.iter().map(|i| self.blobs[*i].clone()).collect();
             let tb: Vec<BlobRef> = tops.iter().map(|i| self.blobs[*i].clone()).collect();
@@ -176,7 +187,11 @@ impl Net {
                 loss_weights.push(w);
             }
             if lp.loss_weight.len() > lp.top.len() {
-                bail!("layer `{lname}` (type {kind}): {} loss_weight values for {} tops", lp.loss_weight.len(), lp.top.len());
+                bail!(
+                    "layer `{lname}` (type {kind}): {} loss_weight values for {} tops",
+                    lp.loss_weight.len(),
+                    lp.top.len()
+                );
             }
             // Parameters, sharing by name.
             let nblobs = layer.blobs().len();
@@ -235,7 +250,11 @@ impl Net {
                 })
                 .collect();
             if lp.propagate_down.len() > bottoms.len() {
-                bail!("layer `{lname}`: {} propagate_down values for {} bottoms", lp.propagate_down.len(), bottoms.len());
+                bail!(
+                    "layer `{lname}`: {} propagate_down values for {} bottoms",
+                    lp.propagate_down.len(),
+                    bottoms.len()
+                );
             }
             need_backward |= bottom_need_backward.iter().any(|b| *b);
             for t in &tops {
@@ -275,7 +294,10 @@ impl Net {
     /// Index into `params` of layer `li`'s k-th owned blob.
     fn param_index(&self, li: usize, k: usize) -> usize {
         let label = format!("{}.{k}", self.layers[li].name);
-        self.params.iter().position(|p| p.label == label).unwrap_or(0)
+        self.params
+            .iter()
+            .position(|p| p.label == label)
+            .unwrap_or(0)
     }
 
     /// Caffe's backward pruning: layers whose tops never reach a loss skip backward.
@@ -308,7 +330,10 @@ impl Net {
     pub fn forward_range(&mut self, start: usize, end: usize) -> Result<f32> {
         let mut loss = 0.0;
         let engine = self.engine.clone();
-        let cx = Ctx { engine: &*engine, phase: self.phase };
+        let cx = Ctx {
+            engine: &*engine,
+            phase: self.phase,
+        };
         for l in &mut self.layers[start..end] {
             let bb: Vec<BlobRef> = l.bottoms.iter().map(|i| self.blobs[*i].clone()).collect();
             let tb: Vec<BlobRef> = l.tops.iter().map(|i| self.blobs[*i].clone()).collect();
@@ -318,11 +343,20 @@ impl Net {
             if self.debug_info {
                 for (t, &ti) in tb.iter().zip(&l.tops) {
                     let m = engine.asum(&t.data()) / t.count().max(1) as f32;
-                    info!("    [Forward] Layer {}, top blob {} data: {}", l.name, self.blob_names[ti], fmt_g(m));
+                    info!(
+                        "    [Forward] Layer {}, top blob {} data: {}",
+                        l.name,
+                        self.blob_names[ti],
+                        fmt_g(m)
+                    );
                 }
                 for (k, p) in l.blobs.iter().enumerate() {
                     let m = engine.asum(&p.data()) / p.count().max(1) as f32;
-                    info!("    [Forward] Layer {}, param blob {k} data: {}", l.name, fmt_g(m));
+                    info!(
+                        "    [Forward] Layer {}, param blob {k} data: {}",
+                        l.name,
+                        fmt_g(m)
+                    );
                 }
             }
             for (t, w) in tb.iter().zip(&l.loss_weights) {
@@ -346,7 +380,10 @@ impl Net {
     /// Runs one layer's backward pass (if it needs one), seeding loss tops with their weights.
     pub fn backward_layer(&mut self, i: usize) -> Result<()> {
         let engine = self.engine.clone();
-        let cx = Ctx { engine: &*engine, phase: self.phase };
+        let cx = Ctx {
+            engine: &*engine,
+            phase: self.phase,
+        };
         let l = &mut self.layers[i];
         if !l.need_backward {
             return Ok(());
@@ -359,17 +396,28 @@ impl Net {
             }
         }
         let wrap = |e: Error| e.in_layer(&l.name, &l.kind);
-        l.layer.backward(&cx, &tb, &l.bottom_need_backward, &bb).map_err(wrap)?;
+        l.layer
+            .backward(&cx, &tb, &l.bottom_need_backward, &bb)
+            .map_err(wrap)?;
         if self.debug_info {
             for ((b, &bi), need) in bb.iter().zip(&l.bottoms).zip(&l.bottom_need_backward) {
                 if *need {
                     let m = engine.asum(&b.diff()) / b.count().max(1) as f32;
-                    info!("    [Backward] Layer {}, bottom blob {} diff: {}", l.name, self.blob_names[bi], fmt_g(m));
+                    info!(
+                        "    [Backward] Layer {}, bottom blob {} diff: {}",
+                        l.name,
+                        self.blob_names[bi],
+                        fmt_g(m)
+                    );
                 }
             }
             for (k, p) in l.blobs.iter().enumerate() {
                 let m = engine.asum(&p.diff()) / p.count().max(1) as f32;
-                info!("    [Backward] Layer {}, param blob {k} diff: {}", l.name, fmt_g(m));
+                info!(
+                    "    [Backward] Layer {}, param blob {k} diff: {}",
+                    l.name,
+                    fmt_g(m)
+                );
             }
         }
         Ok(())
@@ -397,14 +445,20 @@ impl Net {
     }
     /// Blobs no layer consumes: the net's outputs, in creation order.
     pub fn output_names(&self) -> Vec<String> {
-        self.outputs.iter().map(|i| self.blob_names[*i].clone()).collect()
+        self.outputs
+            .iter()
+            .map(|i| self.blob_names[*i].clone())
+            .collect()
     }
     pub fn blob_names(&self) -> &[String] {
         &self.blob_names
     }
     /// A blob by name.
     pub fn blob(&self, name: &str) -> Option<BlobRef> {
-        self.blob_names.iter().position(|n| n == name).map(|i| self.blobs[i].clone())
+        self.blob_names
+            .iter()
+            .position(|n| n == name)
+            .map(|i| self.blobs[i].clone())
     }
     /// The blob at an index of `blob_names`.
     pub fn blob_at(&self, i: usize) -> BlobRef {
@@ -427,7 +481,10 @@ impl Net {
     }
     /// Parameters of a layer by name (shared blobs included).
     pub fn layer_blobs(&self, name: &str) -> Option<Vec<BlobRef>> {
-        self.layers.iter().find(|l| l.name == name).map(|l| l.blobs.clone())
+        self.layers
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.blobs.clone())
     }
 }
 
@@ -477,7 +534,10 @@ impl Net {
 
     /// Total time this net's data layers have waited for input; None without data layers.
     pub fn data_wait(&self) -> Option<std::time::Duration> {
-        self.layers.iter().filter_map(|l| l.layer.data_wait()).reduce(|a, b| a + b)
+        self.layers
+            .iter()
+            .filter_map(|l| l.layer.data_wait())
+            .reduce(|a, b| a + b)
     }
 }
 

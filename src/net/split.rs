@@ -61,7 +61,9 @@ pub fn insert_splits(param: &NetParameter) -> NetParameter {
                     name: Some(split_layer_name(&name, &blob, j)),
                     r#type: Some("Split".to_string()),
                     bottom: vec![blob.clone()],
-                    top: (0..n).map(|k| split_blob_name(&name, &blob, j, k)).collect(),
+                    top: (0..n)
+                        .map(|k| split_blob_name(&name, &blob, j, k))
+                        .collect(),
                     ..Default::default()
                 };
                 if let Some(w) = loss_weight.get(&(i, j)) {

@@ -43,7 +43,9 @@ pub fn proto_data(b: &BlobProto) -> Vec<f32> {
 /// A BlobProto holding a blob's data in the modern `shape` form.
 pub fn blob_to_proto(net: &Net, blob: &BlobRef) -> BlobProto {
     BlobProto {
-        shape: Some(BlobShape { dim: blob.shape().iter().map(|d| *d as i64).collect() }),
+        shape: Some(BlobShape {
+            dim: blob.shape().iter().map(|d| *d as i64).collect(),
+        }),
         data: blob.data_to_vec(&**net.engine()),
         ..Default::default()
     }
@@ -52,9 +54,15 @@ pub fn blob_to_proto(net: &Net, blob: &BlobRef) -> BlobProto {
 /// (layer name, blobs) of a trained net, whichever layer format it uses.
 fn source_layers(src: &NetParameter) -> Vec<(String, Vec<BlobProto>)> {
     if !src.layer.is_empty() {
-        src.layer.iter().map(|l| (l.name().to_string(), l.blobs.clone())).collect()
+        src.layer
+            .iter()
+            .map(|l| (l.name().to_string(), l.blobs.clone()))
+            .collect()
     } else {
-        src.layers.iter().map(|l| (l.name().to_string(), l.blobs.clone())).collect()
+        src.layers
+            .iter()
+            .map(|l| (l.name().to_string(), l.blobs.clone()))
+            .collect()
     }
 }
 
@@ -88,7 +96,11 @@ impl Net {
                 }
                 let v = proto_data(s);
                 if v.len() != t.count() {
-                    bail!("{origin}: param {k} of layer `{name}` holds {} values for shape {:?}", v.len(), t.shape());
+                    bail!(
+                        "{origin}: param {k} of layer `{name}` holds {} values for shape {:?}",
+                        v.len(),
+                        t.shape()
+                    );
                 }
                 t.set_data(&*engine, &v);
             }
@@ -104,7 +116,10 @@ impl Net {
 
     /// The net with its weights, as Caffe writes a .caffemodel.
     pub fn to_proto(&self) -> NetParameter {
-        let mut out = NetParameter { name: Some(self.name.clone()), ..Default::default() };
+        let mut out = NetParameter {
+            name: Some(self.name.clone()),
+            ..Default::default()
+        };
         for l in self.layers() {
             let mut lp: LayerParameter = l.param.clone();
             lp.blobs = l.blobs.iter().map(|b| blob_to_proto(self, b)).collect();

@@ -59,9 +59,13 @@ impl LrPolicy {
                 base * (*gamma as f64).powi(*current_step)
             }
             LrPolicy::Exp { gamma } => base * (*gamma as f64).powf(it),
-            LrPolicy::Inv { gamma, power } => base * (1.0 + *gamma as f64 * it).powf(-(*power as f64)),
+            LrPolicy::Inv { gamma, power } => {
+                base * (1.0 + *gamma as f64 * it).powf(-(*power as f64))
+            }
             LrPolicy::MultiStep { gamma, steps } => {
-                while (*current_step as usize) < steps.len() && iter >= steps[*current_step as usize] {
+                while (*current_step as usize) < steps.len()
+                    && iter >= steps[*current_step as usize]
+                {
                     *current_step += 1;
                     tracing::info!("MultiStep Status: Iteration {iter}, step = {current_step}");
                 }
@@ -86,7 +90,13 @@ pub fn fmt_g(v: f32) -> String {
         return "0".to_string();
     }
     if !v.is_finite() {
-        return if v.is_nan() { "nan".into() } else if v > 0.0 { "inf".into() } else { "-inf".into() };
+        return if v.is_nan() {
+            "nan".into()
+        } else if v > 0.0 {
+            "inf".into()
+        } else {
+            "-inf".into()
+        };
     }
     let exp = v.abs().log10().floor() as i32;
     let trim = |s: String| -> String {
@@ -101,7 +111,12 @@ pub fn fmt_g(v: f32) -> String {
         // Rust prints 1.23450e-5; C++ prints 1.2345e-05.
         let (mant, e) = s.split_once('e').unwrap_or((&s, "0"));
         let e: i32 = e.parse().unwrap_or(0);
-        format!("{}e{}{:02}", trim(mant.to_string()), if e < 0 { '-' } else { '+' }, e.abs())
+        format!(
+            "{}e{}{:02}",
+            trim(mant.to_string()),
+            if e < 0 { '-' } else { '+' },
+            e.abs()
+        )
     } else {
         let decimals = (5 - exp).max(0) as usize;
         trim(format!("{:.*}", decimals, v))
@@ -127,19 +142,34 @@ mod tests {
     #[test]
     fn policies_follow_caffe_formulas() {
         let mut s = 0;
-        let inv = LrPolicy::Inv { gamma: 1e-4, power: 0.75 };
+        let inv = LrPolicy::Inv {
+            gamma: 1e-4,
+            power: 0.75,
+        };
         let r = inv.rate(0.01, 100, &mut s);
         assert!((r - 0.01 * (1.0f32 + 1e-4 * 100.0).powf(-0.75)).abs() < 1e-9);
-        let step = LrPolicy::Step { gamma: 0.1, stepsize: 10 };
+        let step = LrPolicy::Step {
+            gamma: 0.1,
+            stepsize: 10,
+        };
         assert!((step.rate(1.0, 25, &mut s) - 0.01).abs() < 1e-7);
         let mut cur = 0;
-        let ms = LrPolicy::MultiStep { gamma: 0.5, steps: vec![5, 10] };
+        let ms = LrPolicy::MultiStep {
+            gamma: 0.5,
+            steps: vec![5, 10],
+        };
         assert_eq!(ms.rate(1.0, 4, &mut cur), 1.0);
         assert_eq!(ms.rate(1.0, 5, &mut cur), 0.5);
         assert_eq!(ms.rate(1.0, 12, &mut cur), 0.25);
-        let poly = LrPolicy::Poly { power: 1.0, max_iter: 100 };
+        let poly = LrPolicy::Poly {
+            power: 1.0,
+            max_iter: 100,
+        };
         assert!((poly.rate(1.0, 50, &mut s) - 0.5).abs() < 1e-7);
-        let sig = LrPolicy::Sigmoid { gamma: 1.0, stepsize: 10 };
+        let sig = LrPolicy::Sigmoid {
+            gamma: 1.0,
+            stepsize: 10,
+        };
         assert!((sig.rate(1.0, 10, &mut s) - 0.5).abs() < 1e-7);
         let exp = LrPolicy::Exp { gamma: 0.5 };
         assert!((exp.rate(1.0, 2, &mut s) - 0.25).abs() < 1e-7);

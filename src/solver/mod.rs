@@ -32,7 +32,9 @@ impl std::str::FromStr for SignalEffect {
             "stop" => Ok(SignalEffect::Stop),
             "snapshot" => Ok(SignalEffect::Snapshot),
             "none" => Ok(SignalEffect::None),
-            _ => Err(format!("`{s}` is not a signal effect; use stop, snapshot or none")),
+            _ => Err(format!(
+                "`{s}` is not a signal effect; use stop, snapshot or none"
+            )),
         }
     }
 }
@@ -91,16 +93,22 @@ impl Rule {
             "AdaDelta" => Rule::AdaDelta,
             "Adam" => Rule::Adam,
             other => {
-                let best = NAMES.iter().min_by_key(|n| crate::layers::levenshtein(&n.to_lowercase(), &other.to_lowercase()));
+                let best = NAMES.iter().min_by_key(|n| {
+                    crate::layers::levenshtein(&n.to_lowercase(), &other.to_lowercase())
+                });
                 bail!(
                     "unknown solver type \"{other}\"{}; use one of {}",
-                    best.map(|b| format!(" (did you mean \"{b}\"?)")).unwrap_or_default(),
+                    best.map(|b| format!(" (did you mean \"{b}\"?)"))
+                        .unwrap_or_default(),
                     NAMES.join(", ")
                 )
             }
         };
         if matches!(rule, Rule::AdaGrad | Rule::RmsProp) && p.momentum() != 0.0 {
-            bail!("momentum must be 0 with the {name} solver (got {}); remove momentum", p.momentum());
+            bail!(
+                "momentum must be 0 with the {name} solver (got {}); remove momentum",
+                p.momentum()
+            );
         }
         Ok(rule)
     }
@@ -109,10 +117,18 @@ impl Rule {
     fn update(self, p: &SolverParameter, iter: i32) -> Option<UpdateRule> {
         match self {
             Rule::Sgd => None,
-            Rule::Nesterov => Some(UpdateRule::Nesterov { momentum: p.momentum() }),
+            Rule::Nesterov => Some(UpdateRule::Nesterov {
+                momentum: p.momentum(),
+            }),
             Rule::AdaGrad => Some(UpdateRule::AdaGrad { delta: p.delta() }),
-            Rule::RmsProp => Some(UpdateRule::RmsProp { decay: p.rms_decay(), delta: p.delta() }),
-            Rule::AdaDelta => Some(UpdateRule::AdaDelta { momentum: p.momentum(), delta: p.delta() }),
+            Rule::RmsProp => Some(UpdateRule::RmsProp {
+                decay: p.rms_decay(),
+                delta: p.delta(),
+            }),
+            Rule::AdaDelta => Some(UpdateRule::AdaDelta {
+                momentum: p.momentum(),
+                delta: p.delta(),
+            }),
             Rule::Adam => Some(UpdateRule::Adam {
                 beta1: p.momentum(),
                 beta2: p.momentum2(),
@@ -202,7 +218,12 @@ impl Solver {
             Ok(crema_proto::read_net_text(&p)?)
         };
         // The training net: exactly one of net, net_param, train_net, train_net_param.
-        let sources = [param.net.is_some(), param.net_param.is_some(), param.train_net.is_some(), param.train_net_param.is_some()];
+        let sources = [
+            param.net.is_some(),
+            param.net_param.is_some(),
+            param.train_net.is_some(),
+            param.train_net_param.is_some(),
+        ];
         let generic: Option<NetParameter> = if let Some(n) = &param.net_param {
             Some(n.clone())
         } else if let Some(n) = &param.net {
@@ -221,7 +242,11 @@ impl Solver {
         };
         let mut train_state = State::phase(Phase::Train);
         if let Some(ts) = &param.train_state {
-            train_state = State { phase: Phase::Train, level: ts.level(), stages: ts.stage.clone() };
+            train_state = State {
+                phase: Phase::Train,
+                level: ts.level(),
+                stages: ts.stage.clone(),
+            };
         }
         train_state.level += choices.level;
         train_state.stages.extend(choices.stages.iter().cloned());
@@ -253,7 +278,11 @@ impl Solver {
         for (i, tp) in test_params.iter().enumerate() {
             let mut st = State::phase(Phase::Test);
             if let Some(ts) = param.test_state.get(i) {
-                st = State { phase: Phase::Test, level: ts.level(), stages: ts.stage.clone() };
+                st = State {
+                    phase: Phase::Test,
+                    level: ts.level(),
+                    stages: ts.stage.clone(),
+                };
             }
             st.level += choices.level;
             st.stages.extend(choices.stages.iter().cloned());
@@ -273,7 +302,9 @@ impl Solver {
                 .unwrap_or_else(|| "crema".to_string()),
         };
         if param.snapshot() > 0 || param.snapshot_after_train() {
-            let parent = Path::new(&snapshot_prefix).parent().filter(|d| !d.as_os_str().is_empty());
+            let parent = Path::new(&snapshot_prefix)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty());
             if let Some(d) = parent {
                 if !d.is_dir() {
                     bail!(
@@ -364,7 +395,8 @@ impl Solver {
         while self.iter < stop_iter {
             self.net.clear_param_diffs();
             let ti = self.param.test_interval();
-            if ti > 0 && self.iter % ti == 0 && (self.iter > 0 || self.param.test_initialization()) {
+            if ti > 0 && self.iter % ti == 0 && (self.iter > 0 || self.param.test_initialization())
+            {
                 self.test_all()?;
             }
             let display = self.param.display() > 0 && self.iter % self.param.display() == 0;
@@ -397,7 +429,11 @@ impl Solver {
                 );
                 if let Some(total) = self.net.data_wait() {
                     let iters = (self.iter - last_event.1).max(1);
-                    log_data_wait(total.saturating_sub(last_wait), lapse, &format!("{iters} iters"));
+                    log_data_wait(
+                        total.saturating_sub(last_wait),
+                        lapse,
+                        &format!("{iters} iters"),
+                    );
                     last_wait = total;
                 }
                 last_event = (Instant::now(), self.iter);
@@ -447,7 +483,11 @@ impl Solver {
         names
             .into_iter()
             .zip(weights)
-            .filter_map(|(n, w)| self.net.blob(&n).map(|b| (n, b.data_to_vec(&*self.engine), w)))
+            .filter_map(|(n, w)| {
+                self.net
+                    .blob(&n)
+                    .map(|b| (n, b.data_to_vec(&*self.engine), w))
+            })
             .collect()
     }
 
@@ -460,14 +500,19 @@ impl Solver {
                 } else {
                     String::new()
                 };
-                info!("    {which} net output #{idx}: {name} = {}{loss_msg}", fmt_g(*v));
+                info!(
+                    "    {which} net output #{idx}: {name} = {}{loss_msg}",
+                    fmt_g(*v)
+                );
                 idx += 1;
             }
         }
     }
 
     fn apply_update(&mut self, display: bool) -> Result<()> {
-        let rate = self.policy.rate(self.param.base_lr(), self.iter, &mut self.current_step);
+        let rate = self
+            .policy
+            .rate(self.param.base_lr(), self.iter, &mut self.current_step);
         if display {
             info!("Iteration {}, lr = {}", self.iter, fmt_g(rate));
         }
@@ -509,12 +554,29 @@ impl Solver {
             }
             let local_rate = rate * lr_mult;
             match self.rule.update(&self.param, self.iter) {
-                None => e.sgd_update(local_rate, self.param.momentum(), &diff, &mut self.history[i], &mut b.data_mut()),
+                None => e.sgd_update(
+                    local_rate,
+                    self.param.momentum(),
+                    &diff,
+                    &mut self.history[i],
+                    &mut b.data_mut(),
+                ),
                 Some(rule) => {
                     let n = params.len();
                     let (first, second) = self.history.split_at_mut(n);
-                    let h2 = if rule.needs_second_history() { second.get_mut(i) } else { None };
-                    e.solver_update(rule, local_rate, &diff, &mut first[i], h2, &mut b.data_mut());
+                    let h2 = if rule.needs_second_history() {
+                        second.get_mut(i)
+                    } else {
+                        None
+                    };
+                    e.solver_update(
+                        rule,
+                        local_rate,
+                        &diff,
+                        &mut first[i],
+                        h2,
+                        &mut b.data_mut(),
+                    );
                 }
             }
         }
@@ -544,7 +606,10 @@ impl Solver {
             let l = net.forward()?;
             loss += l as f64;
             for (k, n) in names.iter().enumerate() {
-                let v = net.blob(n).map(|b| b.data_to_vec(&*self.engine)).unwrap_or_default();
+                let v = net
+                    .blob(n)
+                    .map(|b| b.data_to_vec(&*self.engine))
+                    .unwrap_or_default();
                 if scores.len() <= k {
                     scores.push(vec![0.0; v.len()]);
                 }
@@ -555,7 +620,11 @@ impl Solver {
         }
         if let Some(total) = net.data_wait() {
             let lapse = started.elapsed().as_secs_f32();
-            log_data_wait(total.saturating_sub(wait_before), lapse, &format!("{iters} test iters"));
+            log_data_wait(
+                total.saturating_sub(wait_before),
+                lapse,
+                &format!("{iters} test iters"),
+            );
         }
         if self.param.test_compute_loss() {
             info!("Test loss: {}", fmt_g((loss / iters.max(1) as f64) as f32));
@@ -571,7 +640,10 @@ impl Solver {
                 } else {
                     String::new()
                 };
-                info!("    Test net output #{idx}: {n} = {}{loss_msg}", fmt_g(mean));
+                info!(
+                    "    Test net output #{idx}: {n} = {}{loss_msg}",
+                    fmt_g(mean)
+                );
                 out.push((n.clone(), mean));
                 idx += 1;
             }
@@ -638,7 +710,12 @@ impl Solver {
         for (i, (h, s)) in self.history.iter_mut().zip(&state.history).enumerate() {
             let v = crate::net::weights::proto_data(s);
             if v.len() != h.len() {
-                bail!("{}: history blob {i} has {} values, expected {}", path.display(), v.len(), h.len());
+                bail!(
+                    "{}: history blob {i} has {} values, expected {}",
+                    path.display(),
+                    v.len(),
+                    h.len()
+                );
             }
             self.engine.upload(&v, h);
         }
@@ -656,7 +733,10 @@ impl Solver {
 fn log_data_wait(waited: std::time::Duration, lapse_s: f32, what: &str) {
     let w = waited.as_secs_f32();
     if w >= 0.01 && w >= 0.01 * lapse_s {
-        info!("    Data wait: {w:.2} s over the last {what} ({:.0}% of the time)", 100.0 * w / lapse_s.max(1e-9));
+        info!(
+            "    Data wait: {w:.2} s over the last {what} ({:.0}% of the time)",
+            100.0 * w / lapse_s.max(1e-9)
+        );
     }
 }
 
