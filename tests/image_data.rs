@@ -214,7 +214,7 @@ fn train_logs_the_time_spent_waiting_for_data() {
     for k in 0..40u8 {
         // Noise compresses badly, so each file takes a while to decode.
         let mut state = (k as u32).wrapping_mul(2_654_435_761) | 1;
-        let img = image::RgbImage::from_fn(384, 384, |_, _| {
+        let img = image::RgbImage::from_fn(768, 768, |_, _| {
             state ^= state << 13;
             state ^= state >> 17;
             state ^= state << 5;
@@ -238,7 +238,7 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "
     .unwrap();
     std::fs::write(
         d.join("solver.prototxt"),
-        "net: \"net.prototxt\"\nbase_lr: 0.01\nlr_policy: \"fixed\"\ndisplay: 5\nmax_iter: 10\nsolver_mode: CPU\n",
+        "net: \"net.prototxt\"\nbase_lr: 0.01\nlr_policy: \"fixed\"\ndisplay: 5\nmax_iter: 20\nsolver_mode: CPU\n",
     )
     .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_crema"))
@@ -249,12 +249,10 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
     let waits: Vec<&str> = log.lines().filter(|l| l.contains("Data wait: ")).collect();
-    assert!(
-        waits.len() >= 2,
-        "expected a data-wait line at iterations 0 and 5:\n{log}"
-    );
+    // Iteration 0 may find its batch already prefetched during setup; the later displays
+    // cannot, since decoding 20 large PNGs takes far longer than the tiny model's step.
     assert!(
         waits.iter().any(|l| l.contains("over the last 5 iters")),
-        "{waits:?}"
+        "expected a data-wait line for the displays after iteration 0:\n{log}"
     );
 }
