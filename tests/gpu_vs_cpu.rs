@@ -1067,3 +1067,38 @@ mod gpu {
         assert!(ag >= 0.9, "GPU accuracy after 200 iterations: {ag}");
     }
 }
+
+/// Where the CUDA libraries cannot be loaded, `--gpu 0` is one clear line and a non-zero exit,
+/// never a panic. (On a machine with a working GPU there is nothing to check.)
+#[cfg(feature = "cuda")]
+#[test]
+fn without_cuda_libraries_gpu_flag_fails_with_one_line() {
+    if crema::engine::cuda::device_count().is_ok_and(|n| n > 0) {
+        println!("skipping: this machine has a usable GPU");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("net.prototxt"),
+        "name: \"n\"\nlayer { name: \"x\" type: \"Input\" top: \"x\" input_param { shape { dim: 1 dim: 2 } } }\n",
+    )
+    .unwrap();
+    for args in [
+        &["time", "--model", "net.prototxt", "--gpu", "0"][..],
+        &["device-query"][..],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_crema"))
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded without a GPU");
+        assert!(!err.contains("panicked"), "{args:?} panicked:\n{err}");
+        let last = err.lines().last().unwrap_or("");
+        assert!(
+            last.starts_with("error: ") && (last.contains("cannot load") || last.contains("GPU")),
+            "{args:?}: expected one error line naming what is missing, got:\n{err}"
+        );
+    }
+}

@@ -74,14 +74,19 @@ fn check_and_preload() -> Result<(), String> {
         return Ok(());
     }
     let names: Vec<&str> = missing.iter().map(|l| l.what).collect();
-    let looked: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    let looked = if dirs.is_empty() {
+        "found no Python nvidia-* wheel folders".to_string()
+    } else {
+        let d: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        format!("in [{}]", d.join(", "))
+    };
     let mut msg = format!(
-        "cannot load {}; looked on the loader path (LD_LIBRARY_PATH={}, ldconfig) and in [{}]. \
+        "cannot load {}; looked on the loader path (LD_LIBRARY_PATH={}, ldconfig) and {}. \
          Install the NVIDIA driver (CUDA 13) and cuDNN 9, cuBLAS and NVRTC for CUDA 13 (for example \
          as the nvidia-* Python wheels PyTorch uses), or add their folder to LD_LIBRARY_PATH",
         names.join(", "),
         std::env::var("LD_LIBRARY_PATH").unwrap_or_default(),
-        looked.join(", ")
+        looked
     );
     if !notes.is_empty() {
         msg.push_str(&format!(
