@@ -1,9 +1,13 @@
 //! CIFAR-10 end to end through the `crema` binary: all 60,000 JPEGs converted with
 //! `--from-folders`, the mean image checked against a direct average of the decoded files, and
-//! BVLC's own cifar10_quick trained on the CPU for 500 iterations to ≥ 45% test accuracy.
+//! BVLC's own cifar10_quick trained on the CPU for 500 iterations to ≥ 45% test accuracy; then
+//! `crema classify` on all 10,000 test JPEGs with that model agrees with OpenCV's dnn module
+//! (`cv2.dnn.readNetFromCaffe`, same files and preprocessing) on top-1 for ≥ 99.5% of them, with
+//! probabilities within 1e-4 (skipped, with the reason printed, when Python lacks cv2).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Instant;
 
 fn shared() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
@@ -66,6 +70,132 @@ fn test_accuracies(log: &str) -> Vec<f32> {
         .filter_map(|l| l.split("Test net output #0: accuracy = ").nth(1))
         .filter_map(|v| v.trim().parse().ok())
         .collect()
+}
+
+fn python() -> String {
+    std::env::var("CREMA_PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
+fn have_cv2() -> bool {
+    Command::new(python())
+        .args([
+            "-c",
+            "import cv2, numpy; assert int(cv2.__version__.split('.')[0]) == 4",
+        ])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// One image's line of `crema classify --json`: file, top-1 label, (class, prob) best first.
+type Prediction = (String, String, Vec<(usize, f64)>);
+
+fn parse_json(text: &str) -> Vec<Prediction> {
+    let field = |l: &str, name: &str| -> String {
+        let from = l.split(&format!("\"{name}\": \"")).nth(1).unwrap();
+        from.split('"').next().unwrap().to_string()
+    };
+    text.lines()
+        .filter(|l| l.trim_start().starts_with("{\"image\""))
+        .map(|l| {
+            let preds = l
+                .split("{\"class\": ")
+                .skip(1)
+                .map(|p| {
+                    let class = p.split(',').next().unwrap().parse().unwrap();
+                    let prob = p.split("\"prob\": ").nth(1).unwrap();
+                    let prob = prob.split('}').next().unwrap().parse().unwrap();
+                    (class, prob)
+                })
+                .collect();
+            (field(l, "image"), field(l, "label"), preds)
+        })
+        .collect()
+}
+
+/// `crema classify` on every test JPEG against OpenCV's dnn on the same files: BVLC's deploy net,
+/// the crema-trained weights, the mean image subtracted pixel by pixel as in training, BGR, no scale.
+fn classify_agrees_with_opencv(shared: &Path, d: &Path, test: &Path) {
+    if !have_cv2() {
+        println!(
+            "skipping the OpenCV comparison: {} cannot import cv2 4.x (pip install 'opencv-python-headless<5' numpy)",
+            python()
+        );
+        return;
+    }
+    let deploy = shared.join("caffe/examples/cifar10/cifar10_quick.prototxt");
+    let weights = d.join("examples/cifar10/cifar10_quick_iter_500.caffemodel");
+    let (deploy, weights) = (deploy.to_str().unwrap(), weights.to_str().unwrap());
+    let start = Instant::now();
+    let out = ok(
+        d,
+        &[
+            "classify",
+            "--model",
+            deploy,
+            "--weights",
+            weights,
+            "--mean",
+            "mean.binaryproto",
+            "--mean-mode",
+            "image",
+            "--labels",
+            "labels.txt",
+            "--top-k",
+            "10",
+            "--batch-size",
+            "100",
+            "--json",
+            test.to_str().unwrap(),
+        ],
+    );
+    let ours = parse_json(&out);
+    assert_eq!(ours.len(), 10_000, "{}", &out[..out.len().min(2000)]);
+    let crema_s = start.elapsed().as_secs_f64();
+
+    let start = Instant::now();
+    let list = d.join("test_images.txt");
+    let names: Vec<&str> = ours.iter().map(|(f, _, _)| f.as_str()).collect();
+    std::fs::write(&list, names.join("\n")).unwrap();
+    let out = Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/opencv_classify.py"))
+        .args([deploy, weights, "3", "32", "32", "1"])
+        .arg(d.join("mean.binaryproto"))
+        .arg(format!("@{}", list.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "OpenCV failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs: Vec<Vec<f64>> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.split(' ').map(|v| v.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(theirs.len(), 10_000);
+    let opencv_s = start.elapsed().as_secs_f64();
+
+    let (mut same, mut right, mut worst) = (0, 0, 0f64);
+    for ((file, label, preds), cv) in ours.iter().zip(&theirs) {
+        assert_eq!((preds.len(), cv.len()), (10, 10), "{file}");
+        let cv_top1 = (0..10).fold(0, |b, i| if cv[i] > cv[b] { i } else { b });
+        same += usize::from(preds[0].0 == cv_top1);
+        // The folder is the class: the top-1 label read back against it.
+        right += usize::from(Path::new(file).parent().unwrap().ends_with(label));
+        for (c, p) in preds {
+            worst = worst.max((p - cv[*c]).abs());
+        }
+    }
+    println!(
+        "classify vs OpenCV dnn on 10,000 CIFAR-10 test JPEGs: top-1 agrees on {same}, \
+         max |p_crema - p_opencv| = {worst:.2e}, crema's accuracy {:.2}% \
+         (crema classify {crema_s:.1}s, OpenCV {opencv_s:.1}s)",
+        right as f64 / 100.0
+    );
+    assert!(same >= 9_950, "top-1 agrees on only {same} of 10,000");
+    assert!(worst <= 1e-4, "probabilities differ by up to {worst}");
+    assert!(right >= 4_500, "classify's accuracy: {right} of 10,000");
 }
 
 #[test]
@@ -167,4 +297,6 @@ fn cifar10_quick_converts_and_trains_from_image_folders() {
         "cifar10_quick, 500 iterations: test accuracy {acc:?}\n{}",
         per_100.join("\n")
     );
+
+    classify_agrees_with_opencv(&shared, d, &test);
 }

@@ -4,7 +4,8 @@ mean values, multiply by a scale.
 
 usage: opencv_classify.py DEPLOY.prototxt WEIGHTS.caffemodel CHANNELS HEIGHT WIDTH SCALE MEAN FILE...
 MEAN is per-channel values (B,G,R or one value) or a mean.binaryproto of the input's C×H×W size,
-subtracted pixel by pixel. Prints one line per file: the net's output values separated by spaces.
+subtracted pixel by pixel. FILE may be @LIST, a text file naming one image per line. Prints one
+line per file: the net's output values separated by spaces. Images go through the net in batches.
 """
 import struct
 import sys
@@ -65,15 +66,27 @@ def read_blobproto(path):
 
 def main():
     deploy, weights, channels, height, width, scale, mean = sys.argv[1:8]
-    files = sys.argv[8:]
+    files = []
+    for f in sys.argv[8:]:
+        if f.startswith("@"):
+            files.extend(line for line in open(f[1:]).read().splitlines() if line)
+        else:
+            files.append(f)
     channels, height, width, scale = int(channels), int(height), int(width), float(scale)
     mean_image = read_blobproto(mean) if mean.endswith(".binaryproto") else None
     mean = [0.0] if mean_image is not None else [float(m) for m in mean.split(",")]
     flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
     net = cv2.dnn.readNetFromCaffe(deploy, weights)
+    for start in range(0, len(files), 500):
+        classify(net, files[start:start + 500], flag, height, width, scale, mean, mean_image)
+
+
+def classify(net, files, flag, height, width, scale, mean, mean_image):
     images = []
     for f in files:
         img = cv2.imread(f, flag)
+        if img is None:
+            raise SystemExit("cannot read image %s" % f)
         if img.shape[0] != height or img.shape[1] != width:
             img = cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
         images.append(img)
