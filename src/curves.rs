@@ -21,6 +21,26 @@ fn register_font() -> Result<()> {
     Ok(())
 }
 
+/// A tick label on a log axis: plain decimals from 0.001 to 10,000, powers of ten beyond.
+fn log_tick(v: f64) -> String {
+    if (1e-3..1e4).contains(&v.abs()) {
+        let s = format!("{v:.6}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        format!("{v:.0e}")
+    }
+}
+
+/// Whether positive values spread over enough orders of magnitude to want a log axis.
+fn wants_log(values: impl Iterator<Item = f64>) -> bool {
+    let (mut lo, mut hi, mut all_positive) = (f64::INFINITY, 0f64, true);
+    for v in values.filter(|v| v.is_finite()) {
+        all_positive &= v > 0.0;
+        (lo, hi) = (lo.min(v), hi.max(v));
+    }
+    all_positive && lo.is_finite() && hi / lo > 20.0
+}
+
 fn draw_err<E: std::fmt::Debug>(e: E) -> Error {
     Error::msg(format!("drawing the chart: {e:?}"))
 }
@@ -80,11 +100,16 @@ fn panel(
             .x_label_formatter(&|v| format!("{v:.0}"))
             .y_desc(y_label)
             .label_style((FONT, 14))
-            .y_label_formatter(&|v| format!("{v:.0e}"))
+            .y_label_formatter(&|v| log_tick(*v))
             .draw()
             .map_err(draw_err)?;
         draw_series(legend_at.clone(), &mut chart, series)?;
     } else {
+        if hi - lo <= hi.abs().max(lo.abs()) * 1e-6 {
+            // A constant (a fixed learning rate): centre it on an axis from 0 (or -|v|) to 2v.
+            let m = hi.abs().max(1e-6);
+            (lo, hi) = (lo - m, hi + m);
+        }
         let pad = ((hi - lo) * 0.08).max(1e-6);
         let (lo, hi) = (
             if lo >= 0.0 {
@@ -157,10 +182,13 @@ where
 }
 
 /// Draws training loss and test losses, the other test outputs (accuracy) and the learning rate
-/// against iterations into a `width`×`height` PNG at `path`.
+/// against iterations into a `width`×`height` PNG at `path`. `learning_rates` are the log's
+/// (iteration, lr) points (`training_log::learning_rates`); when empty the tables' LearningRate
+/// column stands in. Losses and the learning rate get a log axis when they span more than 20×.
 pub fn plot_curves(
     train: &LogTable,
     test: &LogTable,
+    learning_rates: &[(f64, f64)],
     title: &str,
     path: &Path,
     width: u32,
@@ -208,19 +236,29 @@ pub fn plot_curves(
     let lr_table = if train.rows.is_empty() { test } else { train };
     let lr = vec![Series {
         label: "learning rate".into(),
-        points: lr_table.series("LearningRate"),
+        points: if learning_rates.is_empty() {
+            lr_table.series("LearningRate")
+        } else {
+            learning_rates.to_vec()
+        },
         color: RGBColor(80, 80, 80),
         markers: false,
     }];
-    let lr_values: Vec<f64> = lr[0]
-        .points
+    let lr_log = wants_log(lr[0].points.iter().map(|p| p.1).filter(|v| *v > 0.0));
+    let loss_log = wants_log(losses.iter().flat_map(|s| s.points.iter().map(|p| p.1)));
+    // The scores panel's axis names what it shows when that is one or two outputs (`accuracy`).
+    let score_names: Vec<&str> = test
+        .outputs()
         .iter()
-        .map(|p| p.1)
-        .filter(|v| *v > 0.0)
+        .chain(train.outputs())
+        .filter(|n| !n.contains("loss"))
+        .map(|n| n.as_str())
         .collect();
-    let lr_log = lr_values.iter().copied().fold(f64::NEG_INFINITY, f64::max)
-        / lr_values.iter().copied().fold(f64::INFINITY, f64::min)
-        > 20.0;
+    let score_label = if (1..=2).contains(&score_names.len()) {
+        score_names.join(", ")
+    } else {
+        "value".to_string()
+    };
 
     let mut buf = vec![255u8; width as usize * height as usize * 3];
     {
@@ -235,14 +273,14 @@ pub fn plot_curves(
             "loss",
             &losses,
             x_max,
-            false,
+            loss_log,
             SeriesLabelPosition::UpperRight,
         )?;
         if panels == 3 {
             panel(
                 &areas[1],
                 "test scores",
-                "value",
+                &score_label,
                 &scores,
                 x_max,
                 false,

@@ -294,6 +294,19 @@ pub fn parse_log(text: &str, year: i64) -> Result<(LogTable, LogTable)> {
     Ok((to_table(train_rows), to_table(test_rows)))
 }
 
+/// The learning rate at each iteration the log prints one (`Iteration N, lr = X`, after the
+/// `Solving` line), as (iteration, lr). The tables' LearningRate column lags one display behind
+/// (a row takes the last lr printed before its outputs, as parse_log.py's does); these points don't.
+pub fn learning_rates(text: &str) -> Vec<(f64, f64)> {
+    let mut lines = text.lines();
+    if !lines.by_ref().any(|l| l.contains("Solving")) {
+        return vec![];
+    }
+    lines
+        .filter_map(|l| Some((find_iteration(l)? as f64, find_lr(l)?)))
+        .collect()
+}
+
 /// The year a log file was last written (glog lines carry no year), or this year.
 pub fn log_year(path: &std::path::Path) -> i64 {
     let t = std::fs::metadata(path)
@@ -331,6 +344,18 @@ mod tests {
         for (x, want) in cases {
             assert_eq!(python_float(x), want);
         }
+    }
+
+    #[test]
+    fn learning_rates_from_the_lr_lines_after_solving() {
+        let log = "I0101 00:00:00.000000 1 solver.cpp:48] Iteration 0, lr = 0.5 (before the solver starts)
+I0101 00:00:00.100000 1 solver.cpp:317] Solving LeNet
+I0101 00:00:00.200000 1 sgd_solver.cpp:105] Iteration 0, lr = 0.01
+I0101 00:00:00.300000 1 solver.cpp:218] Iteration 100 (50 iter/s, 2s/100 iters), loss = 0.25
+I0101 00:00:00.400000 1 sgd_solver.cpp:105] Iteration 100, lr = 1e-05
+";
+        assert_eq!(learning_rates(log), vec![(0.0, 0.01), (100.0, 1e-5)]);
+        assert!(learning_rates("Iteration 0, lr = 0.01").is_empty());
     }
 
     #[test]

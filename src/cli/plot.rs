@@ -1,7 +1,7 @@
 //! `crema plot`: training curves from a log, as a PNG.
 
 use crema::curves::plot_curves;
-use crema::training_log::{log_year, parse_log};
+use crema::training_log::{learning_rates, log_year, parse_log};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -24,7 +24,8 @@ pub struct Args {
 pub fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let text = std::fs::read(&args.log)
         .map_err(|e| format!("cannot read log {}: {e}", args.log.display()))?;
-    let (train, test) = parse_log(&String::from_utf8_lossy(&text), log_year(&args.log))
+    let text = String::from_utf8_lossy(&text);
+    let (train, test) = parse_log(&text, log_year(&args.log))
         .map_err(|e| format!("{}: {e}", args.log.display()))?;
     let title = args.title.clone().unwrap_or_else(|| {
         args.log
@@ -32,7 +33,15 @@ pub fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default()
     });
-    plot_curves(&train, &test, &title, &args.out, args.width, args.height)?;
+    plot_curves(
+        &train,
+        &test,
+        &learning_rates(&text),
+        &title,
+        &args.out,
+        args.width,
+        args.height,
+    )?;
     println!(
         "{}: {} training points, {} test points",
         args.out.display(),
