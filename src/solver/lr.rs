@@ -83,6 +83,59 @@ impl LrPolicy {
     }
 }
 
+/// An lr_policy with crema's two extensions (SolverParameter fields `warmup` and `min_lr`, not in
+/// Caffe): rate(i) = max(min_lr, policy(i)) · ((i + 1) / warmup while i < warmup, else 1).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schedule {
+    pub policy: LrPolicy,
+    /// Iterations of linear warm-up (0: none).
+    pub warmup: i32,
+    /// Floor under the policy's rate (0: none).
+    pub min_lr: f32,
+}
+
+impl Schedule {
+    /// Reads lr_policy, warmup and min_lr and checks them.
+    pub fn from_solver(p: &SolverParameter) -> Result<Self> {
+        let policy = LrPolicy::from_solver(p)?;
+        if p.warmup() < 0 {
+            bail!(
+                "warmup must be 0 or a number of iterations, got {}",
+                p.warmup()
+            );
+        }
+        if p.min_lr().is_nan() || p.min_lr() < 0.0 {
+            bail!("min_lr must be 0 or positive, got {}", p.min_lr());
+        }
+        if p.warmup() > 0 {
+            tracing::info!(
+                "crema extension: linear learning-rate warm-up over the first {} iterations",
+                p.warmup()
+            );
+        }
+        if p.min_lr() > 0.0 {
+            tracing::info!(
+                "crema extension: learning rate floored at min_lr = {}",
+                fmt_g(p.min_lr())
+            );
+        }
+        Ok(Schedule {
+            policy,
+            warmup: p.warmup(),
+            min_lr: p.min_lr(),
+        })
+    }
+
+    /// The rate at iteration `iter`; `current_step` is multistep's position (advanced here).
+    pub fn rate(&self, base_lr: f32, iter: i32, current_step: &mut i32) -> f32 {
+        let mut r = (self.policy.rate(base_lr, iter, current_step) as f64).max(self.min_lr as f64);
+        if iter < self.warmup {
+            r *= (iter as f64 + 1.0) / self.warmup as f64;
+        }
+        r as f32
+    }
+}
+
 /// Formats a float like C++ streams do by default (6 significant digits, %g), as Caffe's logs.
 pub fn fmt_g(v: f32) -> String {
     let v = v as f64;
@@ -137,6 +190,66 @@ mod tests {
         assert_eq!(fmt_g(123456.0), "123456");
         assert_eq!(fmt_g(1234567.0), "1.23457e+06");
         assert_eq!(fmt_g(0.000123), "0.000123");
+    }
+
+    fn solver(text: &str) -> SolverParameter {
+        crema_proto::parse_text(text, "test", "caffe.SolverParameter").unwrap()
+    }
+
+    #[test]
+    fn warmup_ramps_linearly_then_hands_over_to_the_policy() {
+        let s = Schedule::from_solver(&solver(
+            "base_lr: 0.1 lr_policy: \"step\" gamma: 0.5 stepsize: 6 warmup: 4",
+        ))
+        .unwrap();
+        let mut cur = 0;
+        let rates: Vec<f32> = (0..8).map(|i| s.rate(0.1, i, &mut cur)).collect();
+        let want = [0.025, 0.05, 0.075, 0.1, 0.1, 0.1, 0.05, 0.05];
+        for (i, (r, w)) in rates.iter().zip(want).enumerate() {
+            assert!(
+                (r - w).abs() < 1e-7,
+                "iteration {i}: {r} vs {w} ({rates:?})"
+            );
+        }
+        // Without the extension fields the schedule is the plain policy.
+        let plain =
+            Schedule::from_solver(&solver("base_lr: 0.1 lr_policy: \"exp\" gamma: 0.5")).unwrap();
+        assert_eq!((plain.warmup, plain.min_lr), (0, 0.0));
+        assert_eq!(plain.rate(0.1, 0, &mut cur), 0.1);
+        assert!((plain.rate(0.1, 3, &mut cur) - 0.0125).abs() < 1e-9);
+    }
+
+    #[test]
+    fn min_lr_floors_the_policy_and_warmup_scales_the_floored_rate() {
+        let s = Schedule::from_solver(&solver(
+            "base_lr: 1 lr_policy: \"exp\" gamma: 0.5 min_lr: 0.2 warmup: 2",
+        ))
+        .unwrap();
+        let mut cur = 0;
+        // exp: 1, 0.5, 0.25, 0.125 -> floored 0.2; iterations 0 and 1 warm up by 1/2 and 2/2.
+        let rates: Vec<f32> = (0..5).map(|i| s.rate(1.0, i, &mut cur)).collect();
+        let want = [0.5, 0.5, 0.25, 0.2, 0.2];
+        for (i, (r, w)) in rates.iter().zip(want).enumerate() {
+            assert!(
+                (r - w).abs() < 1e-7,
+                "iteration {i}: {r} vs {w} ({rates:?})"
+            );
+        }
+        // poly reaches 0 at max_iter; the floor holds it at min_lr.
+        let poly = Schedule::from_solver(&solver(
+            "base_lr: 0.1 lr_policy: \"poly\" power: 1 max_iter: 10 min_lr: 0.001",
+        ))
+        .unwrap();
+        assert!((poly.rate(0.1, 10, &mut cur) - 0.001).abs() < 1e-9);
+        assert!((poly.rate(0.1, 5, &mut cur) - 0.05).abs() < 1e-8);
+    }
+
+    #[test]
+    fn bad_extension_values_are_refused() {
+        let e = Schedule::from_solver(&solver("base_lr: 0.1 warmup: -5")).unwrap_err();
+        assert!(e.to_string().contains("warmup must be"), "{e}");
+        let e = Schedule::from_solver(&solver("base_lr: 0.1 min_lr: -0.5")).unwrap_err();
+        assert!(e.to_string().contains("min_lr must be"), "{e}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::layers::Phase;
 use crate::net::{Net, State};
 use crate::{bail, Error, Result};
 use crema_proto::caffe::{NetParameter, SolverParameter, SolverState};
-use lr::{fmt_g, LrPolicy};
+use lr::{fmt_g, Schedule};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -158,7 +158,7 @@ pub struct Solver {
     history: Vec<Buffer>,
     losses: VecDeque<f32>,
     smoothed_loss: f32,
-    policy: LrPolicy,
+    policy: Schedule,
     rule: Rule,
     snapshot_prefix: String,
     signals: Option<Signals>,
@@ -201,7 +201,7 @@ impl Solver {
         choices: &NetChoices,
     ) -> Result<Solver> {
         let rule = Rule::from_solver(&param)?;
-        let policy = LrPolicy::from_solver(&param)?;
+        let policy = Schedule::from_solver(&param)?;
         if param.random_seed() >= 0 {
             crate::rng::seed(param.random_seed() as u64);
             engine.seed(param.random_seed() as u64);
