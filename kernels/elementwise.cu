@@ -8,7 +8,16 @@ extern "C" __global__ void fill_f32(u64 n, float v, float* y) {
 extern "C" __global__ void copy_blocks_f32(u64 nb, u64 block, const float* src, u64 src_off, u64 src_stride,
                                            float* dst, u64 dst_off, u64 dst_stride, int accumulate) {
   CUDA_LOOP(i, nb * block) {
-    u64 b = i / block, j = i % block;
+    // 32-bit division where the index fits: 64-bit division would dominate this copy's time.
+    u64 b, j;
+    if (nb * block < (1ull << 32)) {
+      unsigned q = (unsigned)i / (unsigned)block;
+      b = q;
+      j = (unsigned)i - q * (unsigned)block;
+    } else {
+      b = i / block;
+      j = i % block;
+    }
     float v = src[src_off + b * src_stride + j];
     float* d = dst + dst_off + b * dst_stride + j;
     *d = accumulate ? *d + v : v;
@@ -70,7 +79,12 @@ extern "C" __global__ void sum_axis_f32(u64 outer, u64 ch, u64 inner, float alph
 }
 
 extern "C" __global__ void bias_fwd_f32(u64 outer, u64 ch, u64 inner, const float* b, float* y) {
-  CUDA_LOOP(k, outer * ch * inner) y[k] += b[(k / inner) % ch];
+  if (outer * ch * inner < (1ull << 32)) {
+    unsigned in32 = (unsigned)inner, ch32 = (unsigned)ch;
+    CUDA_LOOP(k, outer * ch * inner) y[k] += b[((unsigned)k / in32) % ch32];
+  } else {
+    CUDA_LOOP(k, outer * ch * inner) y[k] += b[(k / inner) % ch];
+  }
 }
 
 // One block per channel: db[c] += sum over (o, i) of dy[o, c, i]. 256 threads per block.

@@ -97,3 +97,42 @@ extern "C" __global__ void pool_bwd_f32(u64 planes, int in_h, int in_w, int out_
     dx[k] = acc;
   }
 }
+
+// MAX backward in two passes: pool_argmax_i32 records each output's winning input (as the forward
+// pass chose it), then pool_bwd_max_f32 has each input gather the gradients of the outputs it won,
+// in output order, so no atomics and the same sums as the CPU.
+extern "C" __global__ void pool_argmax_i32(u64 planes, int in_h, int in_w, int out_h, int out_w, int kh, int kw,
+                                           int sh, int sw, int ph, int pw, const float* x, int* arg) {
+  PoolG g = {in_h, in_w, out_h, out_w, kh, kw, sh, sw, ph, pw};
+  u64 op = (u64)out_h * out_w, ip = (u64)in_h * in_w;
+  CUDA_LOOP(k, planes * op) {
+    u64 plane = k / op;
+    int r = (int)(k % op), py = r / out_w, px = r % out_w;
+    int hs, he, ws, we, size;
+    pool_window(g, 0, py, px, hs, he, ws, we, size);
+    arg[k] = window_argmax(x + plane * ip, g, hs, he, ws, we);
+  }
+}
+
+extern "C" __global__ void pool_bwd_max_f32(u64 planes, int in_h, int in_w, int out_h, int out_w, int kh, int kw,
+                                            int sh, int sw, int ph, int pw, const int* arg, const float* dy,
+                                            float* dx) {
+  u64 op = (u64)out_h * out_w, ip = (u64)in_h * in_w;
+  CUDA_LOOP(k, planes * ip) {
+    u64 plane = k / ip;
+    int r = (int)(k % ip), h = r / in_w, w = r % in_w;
+    const int* ap = arg + plane * op;
+    const float* dyp = dy + plane * op;
+    int py0 = h + ph < kh ? 0 : (h + ph - kh) / sh + 1;
+    int py1 = min((h + ph) / sh + 1, out_h);
+    int px0 = w + pw < kw ? 0 : (w + pw - kw) / sw + 1;
+    int px1 = min((w + pw) / sw + 1, out_w);
+    float acc = 0.0f;
+    for (int py = py0; py < py1; ++py)
+      for (int px = px0; px < px1; ++px) {
+        int o = py * out_w + px;
+        if (ap[o] == r) acc += dyp[o];
+      }
+    dx[k] = acc;
+  }
+}

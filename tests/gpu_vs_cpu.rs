@@ -628,6 +628,8 @@ mod gpu {
         tops: Vec<Vec<f32>>,
         bottom_diffs: Vec<Vec<f32>>,
         param_diffs: Vec<Vec<f32>>,
+        /// Parameter values after the passes (BatchNorm's running statistics change in forward).
+        param_data: Vec<Vec<f32>>,
     }
 
     /// Sets up `text` on `e` with the bottoms, copies in `params` (the CPU run's initial weights),
@@ -642,7 +644,8 @@ mod gpu {
         params: Option<&[Vec<f32>]>,
     ) -> (LayerRun, Vec<Vec<f32>>) {
         // Name every bottom and top, as a net would: some layers check their counts at creation.
-        let mut full = text.to_string();
+        let in_place = text.ends_with("IN_PLACE");
+        let mut full = text.trim_end_matches("IN_PLACE").to_string();
         for i in 0..bottoms.len() {
             full.push_str(&format!(" bottom: \"b{i}\""));
         }
@@ -653,6 +656,7 @@ mod gpu {
             crema_proto::parse_text(&full, "gpu_vs_cpu", "caffe.LayerParameter")
                 .unwrap_or_else(|err| panic!("bad test prototxt `{text}`: {err}"));
         let mut layer = create_layer(&lp).unwrap_or_else(|err| panic!("create `{text}`: {err}"));
+        let text = text.trim_end_matches("IN_PLACE");
         let bs: Vec<BlobRef> = bottoms
             .iter()
             .map(|(s, v)| {
@@ -661,7 +665,13 @@ mod gpu {
                 b
             })
             .collect();
-        let ts: Vec<BlobRef> = (0..n_tops).map(|_| Blob::new_ref(e, &[])).collect();
+        // A text ending in "IN_PLACE" runs the layer with its top on its bottom, as ResNet's
+        // BatchNorm and Scale layers run.
+        let ts: Vec<BlobRef> = if in_place {
+            bs.clone()
+        } else {
+            (0..n_tops).map(|_| Blob::new_ref(e, &[])).collect()
+        };
         let cx = Ctx { engine: e, phase };
         layer
             .setup(&cx, &bs, &ts)
@@ -702,11 +712,13 @@ mod gpu {
                 .collect();
         }
         let param_diffs = layer.blobs().iter().map(|b| b.diff_to_vec(e)).collect();
+        let param_data = layer.blobs().iter().map(|b| b.data_to_vec(e)).collect();
         (
             LayerRun {
                 tops,
                 bottom_diffs,
                 param_diffs,
+                param_data,
             },
             initial,
         )
@@ -741,6 +753,9 @@ mod gpu {
         }
         for (i, (a, b)) in c.param_diffs.iter().zip(&g.param_diffs).enumerate() {
             assert_close(&format!("{what} param diff {i}"), a, b, tol);
+        }
+        for (i, (a, b)) in c.param_data.iter().zip(&g.param_data).enumerate() {
+            assert_close(&format!("{what} param data {i}"), a, b, tol);
         }
     }
 
@@ -851,6 +866,36 @@ mod gpu {
                 train
             };
             check_layer(&p, text, phase, &one(input), 1, &[true], TOL);
+        }
+        // BatchNorm and Scale (ResNet's pair): per-channel reductions split over several blocks
+        // on the GPU, so also a tensor with many elements per channel.
+        let big = vec![8usize, 3, 40, 40];
+        let xb: Vec<f32> = r.vec(big.iter().product(), -2.0, 3.0);
+        for (shape, input) in [(&img, &x), (&big, &xb)] {
+            let inp = vec![(shape.clone(), input.clone())];
+            for (text, phase) in [
+                (r#"name: "bn" type: "BatchNorm""#, train),
+                (
+                    r#"name: "bn" type: "BatchNorm" batch_norm_param { eps: 0.001 moving_average_fraction: 0.9 }"#,
+                    train,
+                ),
+                (r#"name: "bn" type: "BatchNorm""#, Phase::Test),
+                (
+                    r#"name: "sc" type: "Scale" scale_param { bias_term: true filler { type: "uniform" min: 0.5 max: 2 } bias_filler { type: "uniform" min: -1 max: 1 } }"#,
+                    train,
+                ),
+                (
+                    r#"name: "b" type: "Bias" bias_param { filler { type: "uniform" min: -1 max: 1 } }"#,
+                    train,
+                ),
+                (r#"name: "bn" type: "BatchNorm"IN_PLACE"#, train),
+                (
+                    r#"name: "sc" type: "Scale" scale_param { bias_term: true filler { type: "uniform" min: 0.5 max: 2 } }IN_PLACE"#,
+                    train,
+                ),
+            ] {
+                check_layer(&p, text, phase, &inp, 1, &[true], TOL);
+            }
         }
         let x2 = r.vec(n_img, -1.0, 1.0);
         let two = vec![(img.clone(), x.clone()), (img.clone(), x2.clone())];

@@ -22,15 +22,24 @@ pub struct Args {
     /// Timed iterations per net (after two warm-up iterations).
     #[arg(long, default_value_t = 20)]
     pub iterations: usize,
+    /// PyTorch reference timings to compare against: the JSON lines printed by
+    /// ../shared/gpu/torch_anchor.py, run on the same machine (ideally in the same session).
+    #[arg(long, value_name = "JSONL")]
+    pub torch: Option<PathBuf>,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
 
-/// The standard nets and the batch sizes their reference solvers use.
-const DEFAULT_NETS: &[(&str, usize)] = &[
-    ("models/lenet/deploy.prototxt", 64),
-    ("models/cifar10_quick/deploy.prototxt", 100),
-    ("models/cifar10_full/deploy.prototxt", 100),
+/// The standard nets and the batch sizes their reference solvers use (the last column: whether
+/// the CPU timing runs them by default; the big ImageNet nets are GPU-only by default).
+const DEFAULT_NETS: &[(&str, usize, bool)] = &[
+    ("models/lenet/deploy.prototxt", 64, true),
+    ("models/cifar10_quick/deploy.prototxt", 100, true),
+    ("models/cifar10_full/deploy.prototxt", 100, true),
+    ("models/caffenet/deploy.prototxt", 256, false),
+    ("models/vgg16/deploy.prototxt", 64, false),
+    ("models/resnet50/deploy.prototxt", 64, false),
+    ("models/googlenet/deploy.prototxt", 128, false),
 ];
 
 /// Turns a deploy net into a trainable one on synthetic data: the Input layer gets the batch
@@ -83,7 +92,7 @@ pub fn trainable_from_deploy(deploy: &NetParameter, batch: usize) -> Result<NetP
 }
 
 /// Fills every Input top with values in [0, 1) (labels with valid class indexes).
-fn feed(net: &Net, engine: &dyn Engine, classes: usize) {
+pub fn feed(net: &Net, engine: &dyn Engine, classes: usize) {
     for (i, name) in net.blob_names().iter().enumerate() {
         let is_input = net
             .layers()
@@ -109,6 +118,45 @@ struct Row {
     batch: usize,
     fwd_ms: f64,
     step_ms: f64,
+    /// Multiply-add FLOPs of one training step (see [`train_flops`]).
+    flops: f64,
+}
+
+/// FLOPs of one training step of `net`, counted as PyTorch's FlopCounterMode counts them: two per
+/// multiply-add of every Convolution, Deconvolution and InnerProduct; forward once, backward twice
+/// (data and filter gradients), except that a layer whose input needs no gradient skips the data
+/// gradient. Everything else (pooling, activations, the update) is not counted.
+fn train_flops(net: &Net) -> f64 {
+    let mut total = 0.0;
+    for l in net.layers() {
+        if !matches!(
+            l.kind.as_str(),
+            "Convolution" | "Deconvolution" | "InnerProduct"
+        ) {
+            continue;
+        }
+        let (Some(w), Some(&top), Some(&bottom)) =
+            (l.blobs.first(), l.tops.first(), l.bottoms.first())
+        else {
+            continue;
+        };
+        let per_row = w.count() as f64 / w.dim(0).max(1) as f64;
+        // Deconvolution multiplies every input element by a filter column; the others produce
+        // every output element from one filter row.
+        let outputs = if l.kind == "Deconvolution" {
+            net.blob_at(bottom).count()
+        } else {
+            net.blob_at(top).count()
+        } as f64;
+        let fwd = 2.0 * outputs * per_row;
+        let passes = if l.bottom_need_backward.first().copied().unwrap_or(false) {
+            3.0
+        } else {
+            2.0
+        };
+        total += fwd * passes;
+    }
+    total
 }
 
 fn bench_one(
@@ -124,6 +172,7 @@ fn bench_one(
         net_param: Some(train.clone()),
         base_lr: Some(0.001),
         momentum: Some(0.9),
+        weight_decay: Some(5e-4),
         lr_policy: Some("fixed".into()),
         max_iter: Some(i32::MAX),
         snapshot_after_train: Some(false),
@@ -140,73 +189,160 @@ fn bench_one(
             .max(1)
     };
     feed(&solver.net, &*engine, classes);
-    solver.step(2)?;
+    solver.step(3)?;
+    engine.synchronize();
     let t = Instant::now();
     solver.step(iters as i32)?;
+    engine.synchronize();
     let step_ms = t.elapsed().as_secs_f64() * 1e3 / iters as f64;
+    let flops = train_flops(&solver.net);
     let mut fwd_net = Net::new(&train, &State::phase(Phase::Test), engine.clone())?;
     fwd_net.share_trained_layers_with(&solver.net)?;
     feed(&fwd_net, &*engine, classes);
     fwd_net.forward()?;
+    engine.synchronize();
     let t = Instant::now();
     for _ in 0..iters {
         fwd_net.forward()?;
     }
+    engine.synchronize();
     let fwd_ms = t.elapsed().as_secs_f64() * 1e3 / iters as f64;
     Ok(Row {
         name: path.display().to_string(),
         batch,
         fwd_ms,
         step_ms,
+        flops,
     })
 }
 
+/// PyTorch's rows from torch_anchor.py: (case, batch, ms per step).
+fn read_torch(path: &Path) -> Result<Vec<(String, usize, f64)>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut rows = Vec::new();
+    for line in text.lines().filter(|l| l.trim_start().starts_with('{')) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if let (Some(case), Some(batch), Some(ms)) = (
+            v["case"].as_str(),
+            v["batch"].as_u64(),
+            v["ms_per_step"].as_f64(),
+        ) {
+            rows.push((case.to_string(), batch as usize, ms));
+        }
+    }
+    Ok(rows)
+}
+
+/// The PyTorch case to compare a models/ net with: (eager ms, CUDA-graph ms) at the same batch.
+/// The folder name is the net's name in torch_anchor.py; where PyTorch was timed in both
+/// precisions (CaffeNet), the one matching crema's is taken.
+fn torch_match(
+    torch: &[(String, usize, f64)],
+    path: &Path,
+    batch: usize,
+    tf32: bool,
+) -> (Option<f64>, Option<f64>) {
+    let model = path
+        .parent()
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or("");
+    let find = |mode: &str| {
+        let cases: Vec<&(String, usize, f64)> = torch
+            .iter()
+            .filter(|(c, b, _)| {
+                *b == batch
+                    && c.split(' ').next() == Some(model)
+                    && c.contains(mode)
+                    && !c.contains("amp")
+            })
+            .collect();
+        cases
+            .iter()
+            .find(|(c, _, _)| c.contains("strict") != tf32)
+            .or(cases.first())
+            .map(|r| r.2)
+    };
+    (find("eager"), find("cudagraph"))
+}
+
 pub fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let engine = engine(&args.engine, None)?;
+    let on_gpu = engine.name().starts_with("CUDA");
     let nets: Vec<(PathBuf, usize)> = if args.nets.is_empty() {
         DEFAULT_NETS
             .iter()
-            .filter(|(p, _)| Path::new(p).exists())
-            .map(|(p, b)| (PathBuf::from(p), *b))
+            .filter(|(p, _, cpu)| Path::new(p).exists() && (on_gpu || *cpu))
+            .map(|(p, b, _)| (PathBuf::from(p), *b))
             .collect()
     } else {
         args.nets
             .iter()
             .map(|s| match s.rsplit_once(':') {
                 Some((p, b)) if b.parse::<usize>().is_ok() => {
-                    Ok((PathBuf::from(p), b.parse().unwrap_or(1)))
+                    (PathBuf::from(p), b.parse().unwrap_or(1))
                 }
-                _ => Ok((PathBuf::from(s), 1)),
+                _ => (PathBuf::from(s), 1),
             })
-            .collect::<Result<_, String>>()?
+            .collect()
     };
     if nets.is_empty() {
         return Err(
             "no nets to time: run from the repository root or name deploy prototxts".into(),
         );
     }
-    let engine = engine(&args.engine, None)?;
+    let torch = match &args.torch {
+        Some(p) => read_torch(p)?,
+        None => Vec::new(),
+    };
+    let tf32 = engine.tf32();
     let threads = rayon::current_num_threads();
     println!(
-        "{:<40} {:>6} {:>12} {:>14} {:>12}   engine {} ({} threads), {} iterations",
-        "net",
-        "batch",
-        "forward ms",
-        "train step ms",
-        "images/s",
+        "engine {} ({} host threads), {} math, {} timed iterations per net, synthetic data on the device",
         engine.name(),
         threads,
+        if tf32 { "TF32" } else { "strict fp32" },
         args.iterations
+    );
+    let mut header = format!(
+        "| {:<38} | {:>5} | {:>10} | {:>13} | {:>9} | {:>8} |",
+        "net", "batch", "forward ms", "train step ms", "images/s", "TFLOP/s"
+    );
+    if !torch.is_empty() {
+        header.push_str(" torch eager ms | crema/eager | torch graph ms | crema/graph |");
+    }
+    println!("{header}");
+    println!(
+        "{}",
+        header
+            .chars()
+            .map(|c| if c == '|' { '|' } else { '-' })
+            .collect::<String>()
     );
     for (path, batch) in nets {
         let r = bench_one(&path, batch, args.iterations.max(1), engine.clone())?;
-        println!(
-            "{:<40} {:>6} {:>12.2} {:>14.2} {:>12.0}",
+        let mut line = format!(
+            "| {:<38} | {:>5} | {:>10.3} | {:>13.3} | {:>9.0} | {:>8.2} |",
             r.name,
             r.batch,
             r.fwd_ms,
             r.step_ms,
-            r.batch as f64 / (r.step_ms / 1e3)
+            r.batch as f64 / (r.step_ms / 1e3),
+            r.flops / (r.step_ms / 1e3) / 1e12
         );
+        if !torch.is_empty() {
+            let (eager, graph) = torch_match(&torch, &path, batch, tf32);
+            let cell = |t: Option<f64>| match t {
+                Some(t) => (format!("{t:.3}"), format!("{:.2}", r.step_ms / t)),
+                None => ("-".into(), "-".into()),
+            };
+            let (e, er) = cell(eager);
+            let (g, gr) = cell(graph);
+            line.push_str(&format!(" {e:>14} | {er:>11} | {g:>14} | {gr:>11} |"));
+        }
+        println!("{line}");
     }
     Ok(())
 }

@@ -128,6 +128,8 @@ pub fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 phase: args.phase.unwrap_or(crema::layers::Phase::Train),
                 weights: args.weights.first().cloned(),
                 forward_only: false,
+                batch: None,
+                synthetic: false,
                 engine,
             })
         }

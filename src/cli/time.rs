@@ -2,7 +2,8 @@
 
 use super::common::{engine, parse_phase, EngineArgs};
 use crema::layers::Phase;
-use crema::net::{net_from_file, State};
+use crema::net::substitute::{replace_data_layers, DataOverrides};
+use crema::net::{Net, State};
 use std::path::PathBuf;
 use std::time::Instant;
 use tracing::info;
@@ -24,6 +25,13 @@ pub struct Args {
     /// Time the forward pass only.
     #[arg(long)]
     pub forward_only: bool,
+    /// Batch size to time at, replacing the net's own (Input shapes and data layers' batch_size).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Feed synthetic data even where the data layers' sources exist (sources that are absent
+    /// are always replaced by synthetic inputs of the declared shape, with a warning).
+    #[arg(long)]
+    pub synthetic: bool,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -35,7 +43,77 @@ pub fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         level: args.engine.level,
         stages: args.engine.stage.clone(),
     };
-    let mut net = net_from_file(&args.model, &state, engine.clone())?;
+    let param = crema_proto::read_net_text(&args.model)?;
+    let overrides = DataOverrides {
+        all: args.synthetic,
+        input_shape: None,
+    };
+    let (mut param, replaced) = replace_data_layers(&param, &state, &overrides)?;
+    for r in &replaced {
+        tracing::warn!(
+            "timing with synthetic data: {} layer `{}` becomes an Input of shape {:?}{}",
+            r.kind,
+            r.layer,
+            r.shapes,
+            if r.notes.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", r.notes.join("; "))
+            }
+        );
+    }
+    if let Some(b) = args.batch {
+        for l in param.layer.iter_mut().filter(|l| l.r#type() == "Input") {
+            for s in l
+                .input_param
+                .get_or_insert_with(Default::default)
+                .shape
+                .iter_mut()
+            {
+                if let Some(d) = s.dim.first_mut() {
+                    *d = b as i64;
+                }
+            }
+        }
+    }
+    // A deploy net has no loss, so its backward pass would do nothing: time it as it trains,
+    // with a softmax loss against synthetic labels in place of the final Softmax.
+    let has_loss = param
+        .layer
+        .iter()
+        .any(|l| l.r#type().ends_with("Loss") || l.loss_weight.iter().any(|w| *w != 0.0));
+    let deploy = !has_loss && !args.forward_only && replaced.is_empty();
+    if deploy {
+        let batch = args.batch.unwrap_or(1);
+        let b = param
+            .layer
+            .iter()
+            .find(|l| l.r#type() == "Input")
+            .and_then(|l| l.input_param.as_ref())
+            .and_then(|p| p.shape.first())
+            .and_then(|s| s.dim.first())
+            .map(|d| *d as usize)
+            .unwrap_or(batch);
+        param = super::bench::trainable_from_deploy(&param, b)
+            .map_err(|e| format!("{}: {e}", args.model.display()))?;
+        tracing::info!(
+            "no loss layer: timing the deploy net with SoftmaxWithLoss on synthetic labels"
+        );
+    }
+    let mut net = Net::new(&param, &state, engine.clone())?;
+    if deploy || !replaced.is_empty() {
+        let classes = net
+            .layers()
+            .last()
+            .and_then(|l| l.bottoms.first())
+            .map(|&i| {
+                let b = net.blob_at(i);
+                b.count() / b.dim(0).max(1)
+            })
+            .unwrap_or(1)
+            .max(1);
+        super::bench::feed(&net, &*engine, if deploy { classes } else { 1 });
+    }
     if let Some(w) = &args.weights {
         net.copy_trained_layers_from(w)?;
     }

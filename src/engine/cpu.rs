@@ -1157,6 +1157,69 @@ impl Engine for CpuEngine {
         }
     }
 
+    fn bn_stats(
+        &self,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        x: &Buffer,
+        mean: &mut Buffer,
+        var: &mut Buffer,
+    ) {
+        let n = outer * ch * inner;
+        let (m, v) = super::bn::stats(outer, ch, inner, &x.host()[..n]);
+        mean.host_mut()[..ch].copy_from_slice(&m);
+        var.host_mut()[..ch].copy_from_slice(&v);
+    }
+
+    fn bn_normalize(
+        &self,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        x: Option<&Buffer>,
+        mean: &Buffer,
+        var: &Buffer,
+        eps: f32,
+        std: &mut Buffer,
+        y: &mut Buffer,
+    ) {
+        let n = outer * ch * inner;
+        let y = &mut y.host_mut()[..n];
+        if let Some(x) = x {
+            y.copy_from_slice(&x.host()[..n]);
+        }
+        super::bn::normalize(
+            outer,
+            ch,
+            inner,
+            mean.host(),
+            var.host(),
+            eps,
+            &mut std.host_mut()[..ch],
+            y,
+        );
+    }
+
+    fn bn_backward(
+        &self,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        global: bool,
+        y: &Buffer,
+        dy: Option<&Buffer>,
+        std: &Buffer,
+        dx: &mut Buffer,
+    ) {
+        let n = outer * ch * inner;
+        let g = &mut dx.host_mut()[..n];
+        if let Some(dy) = dy {
+            g.copy_from_slice(&dy.host()[..n]);
+        }
+        super::bn::backward(outer, ch, inner, global, &y.host()[..n], std.host(), g);
+    }
+
     fn channel_scale(
         &self,
         outer: usize,

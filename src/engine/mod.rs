@@ -182,6 +182,10 @@ pub trait Engine {
     fn name(&self) -> String;
     /// Waits until every queued operation has finished (for timing); synchronous engines need not.
     fn synchronize(&self) {}
+    /// Whether convolutions and gemms may use TF32 tensor cores (else strict fp32, Caffe's math).
+    fn tf32(&self) -> bool {
+        false
+    }
 
     // ---- memory ----
     /// A zero-filled buffer of `n` elements.
@@ -511,6 +515,167 @@ pub trait Engine {
             })
             .collect();
         self.upload(&d, dx);
+    }
+
+    // ---- batch normalisation (BatchNorm's passes; the defaults run on the host) ----
+    /// Per-channel statistics of x (outer×ch×inner): mean[c] and the biased variance var[c].
+    fn bn_stats(
+        &self,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        x: &Buffer,
+        mean: &mut Buffer,
+        var: &mut Buffer,
+    ) {
+        let (m, v) = bn::stats(outer, ch, inner, &self.download(x));
+        self.upload(&m, mean);
+        self.upload(&v, var);
+    }
+
+    /// std[c] = sqrt(var[c] + eps), then y = (x - mean[c]) / std[c] (`x` None: in place on y).
+    #[allow(clippy::too_many_arguments)]
+    fn bn_normalize(
+        &self,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        x: Option<&Buffer>,
+        mean: &Buffer,
+        var: &Buffer,
+        eps: f32,
+        std: &mut Buffer,
+        y: &mut Buffer,
+    ) {
+        let mut yv = self.download(x.unwrap_or(y));
+        let mut sv = vec![0.0; ch];
+        let (m, v) = (self.download(mean), self.download(var));
+        bn::normalize(outer, ch, inner, &m, &v, eps, &mut sv, &mut yv);
+        self.upload(&sv, std);
+        self.upload(&yv, y);
+    }
+
+    /// dx = (dy - mean(dy) - y·mean(dy·y)) / std[c], the means taken over all axes but the
+    /// channel; with `global` statistics (constants), dx = dy / std[c]. `dy` None: it is dx.
+    #[allow(clippy::too_many_arguments)]
+    fn bn_backward(
+        &self,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        global: bool,
+        y: &Buffer,
+        dy: Option<&Buffer>,
+        std: &Buffer,
+        dx: &mut Buffer,
+    ) {
+        let mut g = self.download(dy.unwrap_or(dx));
+        let (yv, sv) = (self.download(y), self.download(std));
+        bn::backward(outer, ch, inner, global, &yv, &sv, &mut g);
+        self.upload(&g, dx);
+    }
+}
+
+/// BatchNorm's arithmetic on host slices: sums in f64, one channel per task.
+pub(crate) mod bn {
+    use rayon::prelude::*;
+
+    /// Σ over the elements of channel c of f(k), for every c, in f64.
+    fn per_channel(
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        f: impl Fn(usize) -> f64 + Sync,
+    ) -> Vec<f64> {
+        (0..ch)
+            .into_par_iter()
+            .map(|c| {
+                let mut s = 0.0;
+                for o in 0..outer {
+                    let base = (o * ch + c) * inner;
+                    for k in base..base + inner {
+                        s += f(k);
+                    }
+                }
+                s
+            })
+            .collect()
+    }
+
+    pub fn stats(outer: usize, ch: usize, inner: usize, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let m = (outer * inner).max(1) as f64;
+        let mean: Vec<f64> = per_channel(outer, ch, inner, |k| x[k] as f64)
+            .into_iter()
+            .map(|s| s / m)
+            .collect();
+        let var = per_channel(outer, ch, inner, |k| {
+            let d = x[k] as f64 - mean[(k / inner) % ch];
+            d * d
+        });
+        (
+            mean.iter().map(|v| *v as f32).collect(),
+            var.iter().map(|v| (v / m) as f32).collect(),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn normalize(
+        _outer: usize,
+        ch: usize,
+        inner: usize,
+        mean: &[f32],
+        var: &[f32],
+        eps: f32,
+        std: &mut [f32],
+        y: &mut [f32],
+    ) {
+        for c in 0..ch {
+            std[c] = (var[c] + eps).sqrt();
+        }
+        if inner == 0 {
+            return;
+        }
+        let std = &*std;
+        y.par_chunks_mut(inner).enumerate().for_each(|(r, row)| {
+            let c = r % ch;
+            row.iter_mut().for_each(|v| *v = (*v - mean[c]) / std[c]);
+        });
+    }
+
+    /// `g` holds dy on entry and dx on return.
+    pub fn backward(
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        global: bool,
+        y: &[f32],
+        std: &[f32],
+        g: &mut [f32],
+    ) {
+        if inner == 0 {
+            return;
+        }
+        let (mdy, mdyy) = if global {
+            (vec![0.0; ch], vec![0.0; ch])
+        } else {
+            let m = (outer * inner).max(1) as f64;
+            let gr = &*g;
+            let a = per_channel(outer, ch, inner, |k| gr[k] as f64);
+            let b = per_channel(outer, ch, inner, |k| gr[k] as f64 * y[k] as f64);
+            (
+                a.iter().map(|v| (v / m) as f32).collect(),
+                b.iter().map(|v| (v / m) as f32).collect(),
+            )
+        };
+        g.par_chunks_mut(inner)
+            .zip(y.par_chunks(inner))
+            .enumerate()
+            .for_each(|(r, (row, yr))| {
+                let c = r % ch;
+                row.iter_mut()
+                    .zip(yr)
+                    .for_each(|(v, yv)| *v = (*v - mdy[c] - yv * mdyy[c]) / std[c]);
+            });
     }
 }
 

@@ -5,7 +5,6 @@
 use super::work::Work;
 use super::{Ctx, Layer, Phase};
 use crate::blob::{Blob, BlobRef};
-use crate::engine::{Activation, Buffer};
 use crate::{bail, Result};
 use crema_proto::caffe::LayerParameter;
 
@@ -20,16 +19,11 @@ pub struct BatchNorm {
     /// (num, channels, spatial) of the current bottom.
     dims: (usize, usize, usize),
     mean: Work,
-    /// The variance, then (after forward) the standard deviation sqrt(var + eps).
+    var: Work,
+    /// sqrt(var + eps) of the last forward pass.
     std: Work,
-    /// Per-channel scratch.
-    sums: Work,
-    /// The standard deviation broadcast to the bottom's shape (Caffe's temp_).
-    std_full: Work,
     /// The normalised output, kept for backward because later in-place layers overwrite the top.
     x_norm: Work,
-    /// Scratch of the bottom's size: the squares in forward, a copy of the top diff in backward.
-    scratch: Work,
     one: Work,
 }
 
@@ -52,11 +46,9 @@ impl BatchNorm {
             channels: 0,
             dims: (0, 0, 0),
             mean: Work::default(),
+            var: Work::default(),
             std: Work::default(),
-            sums: Work::default(),
-            std_full: Work::default(),
             x_norm: Work::default(),
-            scratch: Work::default(),
             one: Work::default(),
         }))
     }
@@ -100,11 +92,9 @@ impl Layer for BatchNorm {
         top[0].reshape(cx.engine, &shape);
         let e = cx.engine;
         self.mean.get(e, c);
+        self.var.get(e, c);
         self.std.get(e, c);
-        self.sums.get(e, c);
-        self.std_full.get(e, count);
         self.x_norm.get(e, count);
-        self.scratch.get(e, count);
         self.one.constant(e, 1, 1.0);
         Ok(())
     }
@@ -116,22 +106,9 @@ impl Layer for BatchNorm {
         if count == 0 {
             return Ok(());
         }
-        if !super::in_place(&bottom[0], &top[0]) {
-            e.copy_blocks(
-                1,
-                count,
-                &bottom[0].data(),
-                0,
-                0,
-                &mut top[0].data_mut(),
-                0,
-                0,
-            );
-        }
-        let mut y = top[0].data_mut();
+        let in_place = super::in_place(&bottom[0], &top[0]);
         let mean = self.mean.get(e, c);
-        let std = self.std.get(e, c);
-        let sums = self.sums.get(e, c);
+        let var = self.var.get(e, c);
         if self.global {
             let stored = e.download(&self.blobs[2].data());
             let f = match stored.first() {
@@ -139,21 +116,9 @@ impl Layer for BatchNorm {
                 _ => 0.0,
             };
             e.axpby(f, &self.blobs[0].data(), 0.0, mean);
-            e.axpby(f, &self.blobs[1].data(), 0.0, std);
+            e.axpby(f, &self.blobs[1].data(), 0.0, var);
         } else {
-            e.fill(0.0, mean);
-            e.bias_backward(num, c, s, &y, mean);
-            e.scale(1.0 / (num * s) as f32, mean);
-        }
-        // y = x - mean
-        e.axpby(-1.0, mean, 0.0, sums);
-        e.bias_forward(num, c, s, sums, &mut y);
-        if !self.global {
-            let sq = self.scratch.get(e, count);
-            e.mul(Some(&*y), &y, sq);
-            e.fill(0.0, std);
-            e.bias_backward(num, c, s, sq, std);
-            e.scale(1.0 / (num * s) as f32, std);
+            e.bn_stats(num, c, s, &bottom[0].data(), mean, var);
             // Running sums, exactly as Caffe keeps them: the scale factor counts the decayed
             // number of batches so mean = blobs[0] / blobs[2].
             let maf = self.moving_average_fraction;
@@ -166,24 +131,36 @@ impl Layer for BatchNorm {
             } else {
                 1.0
             };
-            e.axpby(correction, std, maf, &mut self.blobs[1].data_mut());
+            e.axpby(correction, var, maf, &mut self.blobs[1].data_mut());
         }
-        // std = sqrt(var + eps), broadcast, and y /= std
-        e.act_forward(
-            Activation::Power {
-                power: 0.5,
-                scale: 1.0,
-                shift: self.eps,
-            },
-            None,
-            std,
-        );
-        let std_full = self.std_full.get(e, count);
-        e.fill(0.0, std_full);
-        e.bias_forward(num, c, s, std, std_full);
-        e.div(None, std_full, &mut y);
+        let std = self.std.get(e, c);
+        if in_place {
+            e.bn_normalize(
+                num,
+                c,
+                s,
+                None,
+                mean,
+                var,
+                self.eps,
+                std,
+                &mut top[0].data_mut(),
+            );
+        } else {
+            e.bn_normalize(
+                num,
+                c,
+                s,
+                Some(&bottom[0].data()),
+                mean,
+                var,
+                self.eps,
+                std,
+                &mut top[0].data_mut(),
+            );
+        }
         let x_norm = self.x_norm.get(e, count);
-        e.copy_blocks(1, count, &y, 0, 0, x_norm, 0, 0);
+        e.copy_blocks(1, count, &top[0].data(), 0, 0, x_norm, 0, 0);
         Ok(())
     }
 
@@ -199,36 +176,37 @@ impl Layer for BatchNorm {
         }
         let e = cx.engine;
         let (num, c, s) = self.dims;
-        let count = num * c * s;
-        if count == 0 {
+        if num * c * s == 0 {
             return Ok(());
         }
-        let (Some(std_full), Some(y)) = (self.std_full.buf(), self.x_norm.buf()) else {
+        let (Some(std), Some(y)) = (self.std.buf(), self.x_norm.buf()) else {
             bail!("backward ran before forward");
         };
-        // With the layer in place the top diff is the bottom diff; keep a copy of dy.
-        let dy = self.scratch.get(e, count);
-        e.copy_blocks(1, count, &top[0].diff(), 0, 0, dy, 0, 0);
-        let dy: &Buffer = dy;
-        let mut dx = bottom[0].diff_mut();
-        if self.global {
-            // The statistics are constants here, so the layer is a per-channel affine map.
-            e.div(Some(dy), std_full, &mut dx);
-            return Ok(());
+        // With the statistics of the batch, dx = (dy - mean(dy) - y · mean(dy · y)) / std;
+        // with global ones they are constants and dx = dy / std.
+        if super::in_place(&bottom[0], &top[0]) {
+            e.bn_backward(
+                num,
+                c,
+                s,
+                self.global,
+                y,
+                None,
+                std,
+                &mut bottom[0].diff_mut(),
+            );
+        } else {
+            e.bn_backward(
+                num,
+                c,
+                s,
+                self.global,
+                y,
+                Some(&top[0].diff()),
+                std,
+                &mut bottom[0].diff_mut(),
+            );
         }
-        // dx = (dy - mean(dy) - y · mean(dy · y)) / std, means over all axes but the channel.
-        let sums = self.sums.get(e, c);
-        e.mul(Some(y), dy, &mut dx);
-        e.fill(0.0, sums);
-        e.bias_backward(num, c, s, &dx, sums);
-        e.fill(0.0, &mut dx);
-        e.bias_forward(num, c, s, sums, &mut dx);
-        e.mul(None, y, &mut dx);
-        e.fill(0.0, sums);
-        e.bias_backward(num, c, s, dy, sums);
-        e.bias_forward(num, c, s, sums, &mut dx);
-        e.axpby(1.0, dy, -1.0 / (num * s) as f32, &mut dx);
-        e.div(None, std_full, &mut dx);
         Ok(())
     }
 

@@ -10,13 +10,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 /// The kernel sources, in the order NVRTC sees them (common.cuh first).
-const SOURCES: [&str; 6] = [
+const SOURCES: [&str; 7] = [
     include_str!("../../../kernels/common.cuh"),
     include_str!("../../../kernels/elementwise.cu"),
     include_str!("../../../kernels/activation.cu"),
     include_str!("../../../kernels/pool.cu"),
     include_str!("../../../kernels/lrn.cu"),
     include_str!("../../../kernels/softmax.cu"),
+    include_str!("../../../kernels/channel.cu"),
 ];
 
 /// Threads per block for every launch (the reduction kernels assume exactly this).
@@ -28,6 +29,7 @@ pub enum Arg {
     U64(u64),
     I32(i32),
     F32(f32),
+    F64(f64),
 }
 
 /// The PTX of all kernels, compiled on first use and shared by every device of the process.
@@ -96,6 +98,7 @@ impl Kernels {
                 Arg::U64(v) => b.arg(v),
                 Arg::I32(v) => b.arg(v),
                 Arg::F32(v) => b.arg(v),
+                Arg::F64(v) => b.arg(v),
             };
         }
         let cfg = LaunchConfig {

@@ -357,6 +357,64 @@ impl CudaEngine {
     fn scratch(&self, n: usize) -> Buffer {
         self.alloc(n)
     }
+
+    /// Whether a tensor of `n` elements fits the 32-bit index arithmetic of kernels/channel.cu.
+    fn small(n: usize) -> bool {
+        n < (1 << 31)
+    }
+
+    /// Per-channel sums over outer×ch×inner (kernels/channel.cu): `mode` 0 Σa, 1 Σa and Σa², 2 Σa
+    /// and Σa·b; then chan_finish's `op` writes the channels' results at device addresses o1 (and
+    /// o2). Several blocks per channel, so even
+    /// a few channels of many elements fill the GPU.
+    #[allow(clippy::too_many_arguments)]
+    fn channel_reduce(
+        &self,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        mode: i32,
+        a: &Buffer,
+        b: Option<&Buffer>,
+        op: i32,
+        o1: u64,
+        o2: u64,
+    ) {
+        let m = outer * inner;
+        if m == 0 || ch == 0 {
+            return;
+        }
+        // About four blocks per multiprocessor in all, at least 1,024 elements per block.
+        let splits = (528usize.div_ceil(ch)).min(m.div_ceil(1024)).max(1);
+        let blocks = ch * splits;
+        let part: CudaSlice<f64> = self
+            .stream
+            .alloc_zeros(2 * blocks)
+            .unwrap_or_else(|e| self.oom("per-channel partial sums", 16 * blocks, e));
+        let (pp, _s) = part.device_ptr(&self.stream);
+        let args = [
+            i(outer),
+            i(ch),
+            i(inner),
+            i(splits),
+            Arg::I32(mode),
+            Arg::U64(self.p(a)),
+            Arg::U64(self.p(b.unwrap_or(a))),
+            Arg::U64(pp),
+        ];
+        self.kernels
+            .launch(&self.stream, "chan_partial_f64", blocks as u32, &args);
+        let args = [
+            u(ch),
+            u(splits),
+            Arg::I32(op),
+            Arg::F64(1.0 / m as f64),
+            Arg::U64(pp),
+            Arg::U64(o1),
+            Arg::U64(o2),
+        ];
+        self.launch("chan_finish_f64", ch, &args);
+    }
 }
 
 impl Engine for CudaEngine {
@@ -628,6 +686,11 @@ impl Engine for CudaEngine {
         if outer * inner == 0 || ch == 0 {
             return;
         }
+        if Self::small(outer * ch * inner) {
+            let pdb = self.p(db);
+            self.channel_reduce(outer, ch, inner, 0, dy, None, 0, pdb, pdb);
+            return;
+        }
         let args = [
             u(outer),
             u(ch),
@@ -638,6 +701,126 @@ impl Engine for CudaEngine {
         // One block per channel.
         self.kernels
             .launch(&self.stream, "bias_bwd_f32", ch as u32, &args);
+    }
+
+    fn bn_stats(
+        &self,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        x: &Buffer,
+        mean: &mut Buffer,
+        var: &mut Buffer,
+    ) {
+        if !Self::small(outer * ch * inner) {
+            let (m, v) = super::bn::stats(outer, ch, inner, &self.download(x));
+            self.upload(&m, mean);
+            self.upload(&v, var);
+            return;
+        }
+        let (pm, pv) = (self.p(mean), self.p(var));
+        self.channel_reduce(outer, ch, inner, 1, x, None, 1, pm, pv);
+    }
+
+    fn bn_normalize(
+        &self,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        x: Option<&Buffer>,
+        mean: &Buffer,
+        var: &Buffer,
+        eps: f32,
+        std: &mut Buffer,
+        y: &mut Buffer,
+    ) {
+        let n = outer * ch * inner;
+        self.launch(
+            "bn_std_f32",
+            ch,
+            &[u(ch), Arg::U64(self.p(var)), f(eps), Arg::U64(self.p(std))],
+        );
+        assert!(
+            Self::small(n),
+            "BatchNorm over {n} elements: at most 2^31 are supported"
+        );
+        let px = self.p(x.unwrap_or(y));
+        let args = [
+            i(n),
+            i(ch),
+            i(inner),
+            Arg::U64(px),
+            Arg::U64(self.p(mean)),
+            Arg::U64(self.p(std)),
+            Arg::U64(self.p(y)),
+        ];
+        self.launch("bn_norm_f32", n, &args);
+    }
+
+    fn bn_backward(
+        &self,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        global: bool,
+        y: &Buffer,
+        dy: Option<&Buffer>,
+        std: &Buffer,
+        dx: &mut Buffer,
+    ) {
+        let n = outer * ch * inner;
+        assert!(
+            Self::small(n),
+            "BatchNorm over {n} elements: at most 2^31 are supported"
+        );
+        let pdy = self.p(dy.unwrap_or(dx));
+        let means = self.scratch(2 * ch);
+        let (pm, pmm) = (self.p(&means), self.p(&means) + 4 * ch as u64);
+        if !global {
+            let g = dy.unwrap_or(dx);
+            self.channel_reduce(outer, ch, inner, 2, g, Some(y), 2, pm, pmm);
+        }
+        let args = [
+            i(n),
+            i(ch),
+            i(inner),
+            Arg::I32(global as i32),
+            Arg::U64(self.p(y)),
+            Arg::U64(pdy),
+            Arg::U64(pm),
+            Arg::U64(pmm),
+            Arg::U64(self.p(std)),
+            Arg::U64(self.p(dx)),
+        ];
+        self.launch("bn_bwd_f32", n, &args);
+    }
+
+    fn channel_scale(
+        &self,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        s: &Buffer,
+        x: Option<&Buffer>,
+        y: &mut Buffer,
+    ) {
+        let n = outer * ch * inner;
+        if !Self::small(n) {
+            let mut t = self.alloc(n);
+            self.bias_forward(outer, ch, inner, s, &mut t);
+            self.mul(x, &t, y);
+            return;
+        }
+        let px = self.p(x.unwrap_or(y));
+        let args = [
+            i(n),
+            i(ch),
+            i(inner),
+            Arg::U64(self.p(s)),
+            Arg::U64(px),
+            Arg::U64(self.p(y)),
+        ];
+        self.launch("chan_scale_f32", n, &args);
     }
 
     fn pool_forward(&self, g: &PoolGeom, method: PoolMethod, x: &Buffer, y: &mut Buffer) {
@@ -660,12 +843,33 @@ impl Engine for CudaEngine {
         dy: &Buffer,
         dx: &mut Buffer,
     ) {
+        let inputs = g.num * g.channels * g.in_h * g.in_w;
+        if method == PoolMethod::Max {
+            // Record each window's winner once, instead of every input re-scanning the windows
+            // that cover it.
+            let outputs = g.num * g.channels * g.out_h * g.out_w;
+            let arg: CudaSlice<i32> = self
+                .stream
+                .alloc_zeros(outputs.max(1))
+                .unwrap_or_else(|e| self.oom("max-pooling winners", 4 * outputs, e));
+            let (pa, _s) = arg.device_ptr(&self.stream);
+            let mut args = Self::pool_args(g, method)[..11].to_vec();
+            args.push(Arg::U64(self.p(x)));
+            args.push(Arg::U64(pa));
+            self.launch("pool_argmax_i32", outputs, &args);
+            let mut args = Self::pool_args(g, method)[..11].to_vec();
+            args.push(Arg::U64(pa));
+            args.push(Arg::U64(self.p(dy)));
+            args.push(Arg::U64(self.p(dx)));
+            self.launch("pool_bwd_max_f32", inputs, &args);
+            return;
+        }
         let mut args = Self::pool_args(g, method).to_vec();
         // AVE never reads x (WITHIN_CHANNEL LRN passes an empty buffer).
         args.push(Arg::U64(self.p(x)));
         args.push(Arg::U64(self.p(dy)));
         args.push(Arg::U64(self.p(dx)));
-        self.launch("pool_bwd_f32", g.num * g.channels * g.in_h * g.in_w, &args);
+        self.launch("pool_bwd_f32", inputs, &args);
     }
 
     fn lrn_forward(&self, p: &LrnParams, x: &Buffer, y: &mut Buffer, scale: &mut Buffer) {
@@ -985,6 +1189,10 @@ impl Engine for CudaEngine {
             Arg::U64(self.p(w)),
         ];
         self.launch("sgd_update_f32", n, &args);
+    }
+
+    fn tf32(&self) -> bool {
+        !self.strict_fp32
     }
 
     fn synchronize(&self) {

@@ -1,0 +1,97 @@
+// Per-channel reductions and BatchNorm over tensors laid out outer x ch x inner (N x C x H*W).
+// Index arithmetic is 32-bit (the engine sends tensors of 2^32 elements or more elsewhere): these
+// kernels stream memory, and 64-bit division per element would make them compute-bound.
+// A reduction runs in two launches with no atomics, so results are deterministic: chan_partial_f64
+// gives each channel `splits` blocks that each sum a strided share of its outer*inner elements in
+// double, then chan_finish adds a channel's partials in order and applies the operation's formula.
+
+// mode 0: S1 = sum a.  mode 1: S1 = sum a, S2 = sum a*a.  mode 2: S1 = sum a, S2 = sum a*b.
+// part holds S1 for block b at part[b] and S2 at part[gridDim.x + b]. 256 threads per block.
+extern "C" __global__ void chan_partial_f64(unsigned outer, unsigned ch, unsigned inner, unsigned splits, int mode,
+                                            const float* a, const float* b, double* part) {
+  __shared__ double s1[256];
+  __shared__ double s2[256];
+  unsigned c = blockIdx.x / splits, sp = blockIdx.x % splits;
+  unsigned m = outer * inner;
+  double acc1 = 0.0, acc2 = 0.0;
+  for (unsigned j = sp * blockDim.x + threadIdx.x; j < m; j += splits * blockDim.x) {
+    unsigned o = j / inner, i = j - o * inner;
+    unsigned k = (o * ch + c) * inner + i;
+    double v = a[k];
+    acc1 += v;
+    if (mode == 1) acc2 += v * v;
+    else if (mode == 2) acc2 += v * (double)b[k];
+  }
+  s1[threadIdx.x] = acc1;
+  s2[threadIdx.x] = acc2;
+  __syncthreads();
+  for (unsigned w = blockDim.x / 2; w > 0; w >>= 1) {
+    if (threadIdx.x < w) {
+      s1[threadIdx.x] += s1[threadIdx.x + w];
+      s2[threadIdx.x] += s2[threadIdx.x + w];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    part[blockIdx.x] = s1[0];
+    part[gridDim.x + blockIdx.x] = s2[0];
+  }
+}
+
+// One thread per channel; `total` = ch * splits partials per sum, `scale` = 1 / (outer*inner).
+// op 0: o1[c] += S1 (bias gradient).  op 1: o1 = mean = S1*scale, o2 = biased variance
+// S2*scale - mean^2 (BatchNorm statistics).  op 2: o1 = S1*scale, o2 = S2*scale (BatchNorm backward).
+extern "C" __global__ void chan_finish_f64(u64 ch, u64 splits, int op, double scale, const double* part,
+                                           float* o1, float* o2) {
+  u64 total = ch * splits;
+  CUDA_LOOP(c, ch) {
+    double a = 0.0, b = 0.0;
+    for (u64 s = 0; s < splits; ++s) {
+      a += part[c * splits + s];
+      b += part[total + c * splits + s];
+    }
+    if (op == 0) {
+      o1[c] += (float)a;
+    } else if (op == 1) {
+      double mean = a * scale;
+      double var = b * scale - mean * mean;
+      o1[c] = (float)mean;
+      o2[c] = (float)(var > 0.0 ? var : 0.0);
+    } else {
+      o1[c] = (float)(a * scale);
+      o2[c] = (float)(b * scale);
+    }
+  }
+}
+
+// std[c] = sqrt(var[c] + eps).
+extern "C" __global__ void bn_std_f32(u64 ch, const float* var, float eps, float* stdv) {
+  CUDA_LOOP(c, ch) stdv[c] = sqrtf(var[c] + eps);
+}
+
+// y = (x - mean[c]) / std[c]; x may be y.
+extern "C" __global__ void bn_norm_f32(unsigned n, unsigned ch, unsigned inner, const float* x, const float* mean,
+                                       const float* stdv, float* y) {
+  CUDA_LOOP(k, n) {
+    unsigned c = ((unsigned)k / inner) % ch;
+    y[k] = (x[k] - mean[c]) / stdv[c];
+  }
+}
+
+// dx = (dy - mdy[c] - y * mdyy[c]) / std[c], or dy / std[c] with global statistics; dy may be dx.
+extern "C" __global__ void bn_bwd_f32(unsigned n, unsigned ch, unsigned inner, int global, const float* y,
+                                      const float* dy, const float* mdy, const float* mdyy, const float* stdv,
+                                      float* dx) {
+  CUDA_LOOP(k, n) {
+    unsigned c = ((unsigned)k / inner) % ch;
+    float g = dy[k];
+    if (!global) g = g - mdy[c] - y[k] * mdyy[c];
+    dx[k] = g / stdv[c];
+  }
+}
+
+// y = x * s[c]; x may be y.
+extern "C" __global__ void chan_scale_f32(unsigned n, unsigned ch, unsigned inner, const float* s, const float* x,
+                                          float* y) {
+  CUDA_LOOP(k, n) y[k] = x[k] * s[((unsigned)k / inner) % ch];
+}
