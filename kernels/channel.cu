@@ -39,7 +39,7 @@ extern "C" __global__ void chan_partial_f64(unsigned outer, unsigned ch, unsigne
 }
 
 // One thread per channel; `total` = ch * splits partials per sum, `scale` = 1 / (outer*inner).
-// op 0: o1[c] += S1 (bias gradient).  op 1: o1 = mean = S1*scale, o2 = biased variance
+// op 0: o1[c] += S1 (bias gradient).  op 3: o1[c] += S2 (scale gradient).  op 1: o1 = mean = S1*scale, o2 = biased variance
 // S2*scale - mean^2 (BatchNorm statistics).  op 2: o1 = S1*scale, o2 = S2*scale (BatchNorm backward).
 extern "C" __global__ void chan_finish_f64(u64 ch, u64 splits, int op, double scale, const double* part,
                                            float* o1, float* o2) {
@@ -52,6 +52,8 @@ extern "C" __global__ void chan_finish_f64(u64 ch, u64 splits, int op, double sc
     }
     if (op == 0) {
       o1[c] += (float)a;
+    } else if (op == 3) {
+      o1[c] += (float)b;
     } else if (op == 1) {
       double mean = a * scale;
       double var = b * scale - mean * mean;
@@ -70,11 +72,14 @@ extern "C" __global__ void bn_std_f32(u64 ch, const float* var, float eps, float
 }
 
 // y = (x - mean[c]) / std[c]; x may be y.
+// ... and the same value into x_norm (BatchNorm keeps it for backward).
 extern "C" __global__ void bn_norm_f32(unsigned n, unsigned ch, unsigned inner, const float* x, const float* mean,
-                                       const float* stdv, float* y) {
+                                       const float* stdv, float* y, float* x_norm) {
   CUDA_LOOP(k, n) {
     unsigned c = ((unsigned)k / inner) % ch;
-    y[k] = (x[k] - mean[c]) / stdv[c];
+    float v = (x[k] - mean[c]) / stdv[c];
+    y[k] = v;
+    x_norm[k] = v;
   }
 }
 
@@ -94,4 +99,14 @@ extern "C" __global__ void bn_bwd_f32(unsigned n, unsigned ch, unsigned inner, i
 extern "C" __global__ void chan_scale_f32(unsigned n, unsigned ch, unsigned inner, const float* s, const float* x,
                                           float* y) {
   CUDA_LOOP(k, n) y[k] = x[k] * s[((unsigned)k / inner) % ch];
+}
+
+// y = x * s[c] + b[c] (b may be null); x may be y.
+extern "C" __global__ void chan_affine_f32(unsigned n, unsigned ch, unsigned inner, const float* s, const float* b,
+                                           const float* x, float* y) {
+  CUDA_LOOP(k, n) {
+    unsigned c = ((unsigned)k / inner) % ch;
+    float v = x[k] * s[c];
+    y[k] = b ? v + b[c] : v;
+  }
 }

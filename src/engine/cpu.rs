@@ -1183,6 +1183,7 @@ impl Engine for CpuEngine {
         eps: f32,
         std: &mut Buffer,
         y: &mut Buffer,
+        x_norm: &mut Buffer,
     ) {
         let n = outer * ch * inner;
         let y = &mut y.host_mut()[..n];
@@ -1199,6 +1200,7 @@ impl Engine for CpuEngine {
             &mut std.host_mut()[..ch],
             y,
         );
+        x_norm.host_mut()[..n].copy_from_slice(y);
     }
 
     fn bn_backward(

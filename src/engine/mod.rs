@@ -425,6 +425,39 @@ pub trait Engine {
         self.mul(x, &t, y);
     }
 
+    /// y[o, c, i] = x[o, c, i] · s[c] + b[c] (no b: no shift; `x` None: in place on y).
+    #[allow(clippy::too_many_arguments)]
+    fn channel_affine(
+        &self,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        s: &Buffer,
+        b: Option<&Buffer>,
+        x: Option<&Buffer>,
+        y: &mut Buffer,
+    ) {
+        self.channel_scale(outer, ch, inner, s, x, y);
+        if let Some(b) = b {
+            self.bias_forward(outer, ch, inner, b, y);
+        }
+    }
+
+    /// out[c] += Σ over (o, i) of a[o, c, i] · b[o, c, i] (a per-channel scale's gradient).
+    fn channel_dot(
+        &self,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        a: &Buffer,
+        b: &Buffer,
+        out: &mut Buffer,
+    ) {
+        let mut t = self.alloc(outer * ch * inner);
+        self.mul(Some(a), b, &mut t);
+        self.bias_backward(outer, ch, inner, &t, out);
+    }
+
     /// Fills `dst` with uniform draws from [0, 1). The default draws from the crate's seeded
     /// generator on the host.
     fn rng_uniform(&self, dst: &mut Buffer) {
@@ -533,7 +566,8 @@ pub trait Engine {
         self.upload(&v, var);
     }
 
-    /// std[c] = sqrt(var[c] + eps), then y = (x - mean[c]) / std[c] (`x` None: in place on y).
+    /// std[c] = sqrt(var[c] + eps), then y = (x - mean[c]) / std[c] (`x` None: in place on y),
+    /// with a copy of y in `x_norm`.
     #[allow(clippy::too_many_arguments)]
     fn bn_normalize(
         &self,
@@ -546,6 +580,7 @@ pub trait Engine {
         eps: f32,
         std: &mut Buffer,
         y: &mut Buffer,
+        x_norm: &mut Buffer,
     ) {
         let mut yv = self.download(x.unwrap_or(y));
         let mut sv = vec![0.0; ch];
@@ -553,6 +588,7 @@ pub trait Engine {
         bn::normalize(outer, ch, inner, &m, &v, eps, &mut sv, &mut yv);
         self.upload(&sv, std);
         self.upload(&yv, y);
+        self.upload(&yv, x_norm);
     }
 
     /// dx = (dy - mean(dy) - y·mean(dy·y)) / std[c], the means taken over all axes but the

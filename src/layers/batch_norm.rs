@@ -134,6 +134,7 @@ impl Layer for BatchNorm {
             e.axpby(correction, var, maf, &mut self.blobs[1].data_mut());
         }
         let std = self.std.get(e, c);
+        let x_norm = self.x_norm.get(e, count);
         if in_place {
             e.bn_normalize(
                 num,
@@ -145,6 +146,7 @@ impl Layer for BatchNorm {
                 self.eps,
                 std,
                 &mut top[0].data_mut(),
+                x_norm,
             );
         } else {
             e.bn_normalize(
@@ -157,10 +159,9 @@ impl Layer for BatchNorm {
                 self.eps,
                 std,
                 &mut top[0].data_mut(),
+                x_norm,
             );
         }
-        let x_norm = self.x_norm.get(e, count);
-        e.copy_blocks(1, count, &top[0].data(), 0, 0, x_norm, 0, 0);
         Ok(())
     }
 

@@ -174,7 +174,6 @@ pub struct Scale {
     dims: (usize, usize, usize),
     /// The bottom's data, kept when running in place (the scale's gradient needs it).
     saved: Work,
-    product: Work,
 }
 
 impl Scale {
@@ -189,7 +188,6 @@ impl Scale {
             blobs: vec![],
             dims: (0, 0, 0),
             saved: Work::default(),
-            product: Work::default(),
         }))
     }
 
@@ -250,14 +248,14 @@ impl Layer for Scale {
             e.copy_blocks(1, n, &bottom[0].data(), 0, 0, self.saved.get(e, n), 0, 0);
         }
         let s = factor(bottom, &self.blobs).data();
+        let bias = if self.bias_term {
+            self.blobs.last().map(|b| b.data())
+        } else {
+            None
+        };
         with_in_out(&bottom[0], &top[0], |x, y| {
-            e.channel_scale(o, d, i, &s, x, y)
+            e.channel_affine(o, d, i, &s, bias.as_deref(), x, y)
         });
-        if self.bias_term {
-            if let Some(b) = self.blobs.last() {
-                e.bias_forward(o, d, i, &b.data(), &mut top[0].data_mut());
-            }
-        }
         Ok(())
     }
 
@@ -270,7 +268,6 @@ impl Layer for Scale {
     ) -> Result<()> {
         let e = cx.engine;
         let (o, d, i) = self.dims;
-        let n = o * d * i;
         let learned = self.learned(bottom);
         {
             let dy = top[0].diff();
@@ -281,21 +278,22 @@ impl Layer for Scale {
             }
             if learned || pd[1] {
                 // ds[c] = Σ dy · x over the axes the factor is broadcast along.
-                let product = self.product.get(e, n);
-                if in_place(&bottom[0], &top[0]) {
-                    let Some(x) = self.saved.buf() else {
-                        bail!("backward ran before forward")
-                    };
-                    e.mul(Some(x), &dy, product);
+                let x_data;
+                let x: &crate::engine::Buffer = if in_place(&bottom[0], &top[0]) {
+                    match self.saved.buf() {
+                        Some(x) => x,
+                        None => bail!("backward ran before forward"),
+                    }
                 } else {
-                    e.mul(Some(&*bottom[0].data()), &dy, product);
-                }
+                    x_data = bottom[0].data();
+                    &x_data
+                };
                 if learned {
-                    e.bias_backward(o, d, i, product, &mut self.blobs[0].diff_mut());
+                    e.channel_dot(o, d, i, x, &dy, &mut self.blobs[0].diff_mut());
                 } else {
                     let mut ds = bottom[1].diff_mut();
                     e.fill(0.0, &mut ds);
-                    e.bias_backward(o, d, i, product, &mut ds);
+                    e.channel_dot(o, d, i, x, &dy, &mut ds);
                 }
             }
         }

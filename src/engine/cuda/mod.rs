@@ -110,6 +110,27 @@ pub fn query() -> Result<(Versions, Vec<DeviceInfo>), String> {
     Ok((versions, infos))
 }
 
+/// Buffers come from the device's stream-ordered pool (cuMemAllocAsync). By default the pool hands
+/// freed memory back to the driver at every synchronisation, so the scratch buffers of the next
+/// iteration are mapped afresh each time; keeping it makes those allocations nearly free. Best
+/// effort: without the attribute allocations only cost more.
+fn keep_freed_memory(ctx: &CudaContext) {
+    use cudarc::driver::sys;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut keep: u64 = u64::MAX;
+    // SAFETY: the context's device is valid; `pool` and `keep` are valid for the calls.
+    unsafe {
+        if sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) == sys::CUresult::CUDA_SUCCESS
+        {
+            let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD;
+            let r = sys::cuMemPoolSetAttribute(pool, attr, &mut keep as *mut u64 as *mut _);
+            if r != sys::CUresult::CUDA_SUCCESS {
+                tracing::debug!("cannot keep freed device memory in the pool: {r:?}");
+            }
+        }
+    }
+}
+
 /// The (kind, p0, p1, p2) an activation passes to kernels/activation.cu.
 fn act_code(f: Activation) -> (i32, f32, f32, f32) {
     match f {
@@ -164,6 +185,7 @@ impl CudaEngine {
         // unnecessary; every buffer is created after this call.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
+        keep_freed_memory(&ctx);
         let strict_fp32 = std::env::var("CREMA_TF32")
             .map(|v| v != "1")
             .unwrap_or(true);
@@ -733,6 +755,7 @@ impl Engine for CudaEngine {
         eps: f32,
         std: &mut Buffer,
         y: &mut Buffer,
+        x_norm: &mut Buffer,
     ) {
         let n = outer * ch * inner;
         self.launch(
@@ -753,6 +776,7 @@ impl Engine for CudaEngine {
             Arg::U64(self.p(mean)),
             Arg::U64(self.p(std)),
             Arg::U64(self.p(y)),
+            Arg::U64(self.p(x_norm)),
         ];
         self.launch("bn_norm_f32", n, &args);
     }
@@ -793,6 +817,56 @@ impl Engine for CudaEngine {
             Arg::U64(self.p(dx)),
         ];
         self.launch("bn_bwd_f32", n, &args);
+    }
+
+    fn channel_affine(
+        &self,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        s: &Buffer,
+        b: Option<&Buffer>,
+        x: Option<&Buffer>,
+        y: &mut Buffer,
+    ) {
+        let n = outer * ch * inner;
+        if !Self::small(n) {
+            self.channel_scale(outer, ch, inner, s, x, y);
+            if let Some(b) = b {
+                self.bias_forward(outer, ch, inner, b, y);
+            }
+            return;
+        }
+        let px = self.p(x.unwrap_or(y));
+        let args = [
+            i(n),
+            i(ch),
+            i(inner),
+            Arg::U64(self.p(s)),
+            Arg::U64(b.map(|b| self.p(b)).unwrap_or(0)),
+            Arg::U64(px),
+            Arg::U64(self.p(y)),
+        ];
+        self.launch("chan_affine_f32", n, &args);
+    }
+
+    fn channel_dot(
+        &self,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        a: &Buffer,
+        b: &Buffer,
+        out: &mut Buffer,
+    ) {
+        if !Self::small(outer * ch * inner) {
+            let mut t = self.alloc(outer * ch * inner);
+            self.mul(Some(a), b, &mut t);
+            self.bias_backward(outer, ch, inner, &t, out);
+            return;
+        }
+        let po = self.p(out);
+        self.channel_reduce(outer, ch, inner, 2, a, Some(b), 3, po, po);
     }
 
     fn channel_scale(
