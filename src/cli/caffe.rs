@@ -62,6 +62,7 @@ pub fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         gpu: args.gpu.clone(),
         stage: args.stage.clone(),
         level: args.level,
+        tf32: false,
     };
     match args.verb.as_str() {
         "train" => {

@@ -16,6 +16,10 @@ pub struct EngineArgs {
     /// Net level, as Caffe's -level.
     #[arg(long, default_value_t = 0)]
     pub level: i32,
+    /// Let the GPU's convolutions and gemms use TF32 tensor cores (about 10 significant bits in
+    /// the products) instead of Caffe's strict fp32; also `CREMA_TF32=1`.
+    #[arg(long)]
+    pub tf32: bool,
 }
 
 /// The engine to run on. `--gpu N` picks the CUDA engine on device N and is an error when that
@@ -24,10 +28,10 @@ pub struct EngineArgs {
 pub fn engine(args: &EngineArgs, solver_device: Option<usize>) -> Result<Rc<dyn Engine>, String> {
     if let Some(spec) = &args.gpu {
         let id = parse_gpu(spec)?;
-        return cuda_engine(id).map_err(|e| format!("--gpu {spec}: {e}"));
+        return cuda_engine(id, args.tf32).map_err(|e| format!("--gpu {spec}: {e}"));
     }
     if let Some(id) = solver_device {
-        match cuda_engine(id) {
+        match cuda_engine(id, args.tf32) {
             Ok(e) => return Ok(e),
             Err(e) => tracing::warn!(
                 "solver_mode: GPU asks for GPU {id}, but {e}; running on the CPU ({} threads)",
@@ -54,13 +58,13 @@ fn parse_gpu(spec: &str) -> Result<usize, String> {
 }
 
 #[cfg(feature = "cuda")]
-fn cuda_engine(id: usize) -> Result<Rc<dyn Engine>, String> {
-    let e = crema::engine::cuda::CudaEngine::new(id)?;
+fn cuda_engine(id: usize, tf32: bool) -> Result<Rc<dyn Engine>, String> {
+    let e = crema::engine::cuda::CudaEngine::with_tf32(id, tf32)?;
     Ok(Rc::new(e))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda_engine(_id: usize) -> Result<Rc<dyn Engine>, String> {
+fn cuda_engine(_id: usize, _tf32: bool) -> Result<Rc<dyn Engine>, String> {
     Err("this build of crema has no GPU engine (it was built without the `cuda` feature; rebuild with \
          `cargo build --release --features cuda`)"
         .to_string())

@@ -174,6 +174,12 @@ impl CudaEngine {
     /// Opens GPU `ordinal`: checks the libraries, creates the context, cuBLAS and cuDNN handles on
     /// one stream, and loads the kernels (compiling them on the process's first engine).
     pub fn new(ordinal: usize) -> Result<Self, String> {
+        Self::with_tf32(ordinal, false)
+    }
+
+    /// As [`CudaEngine::new`], with TF32 tensor-core math when `tf32` (or `CREMA_TF32=1`) asks for
+    /// it; otherwise convolutions and gemms stay in strict fp32.
+    pub fn with_tf32(ordinal: usize, tf32: bool) -> Result<Self, String> {
         let n = device_count()?;
         if ordinal >= n {
             return Err(format!(
@@ -186,9 +192,7 @@ impl CudaEngine {
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
         keep_freed_memory(&ctx);
-        let strict_fp32 = std::env::var("CREMA_TF32")
-            .map(|v| v != "1")
-            .unwrap_or(true);
+        let strict_fp32 = !tf32 && std::env::var("CREMA_TF32").map_or(true, |v| v != "1");
         let blas = CudaBlas::new(stream.clone()).map_err(|e| format!("cublasCreate: {e}"))?;
         let mode = if strict_fp32 {
             blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH
