@@ -222,3 +222,52 @@ fn bad_inputs_give_one_line_errors() {
     // No panics anywhere.
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// `crema time` on a deploy classifier at another batch size: it is timed as it trains (a softmax
+/// loss against synthetic labels), so the backward pass does real work; a train_val net whose
+/// LMDBs are absent runs on synthetic inputs of the declared shape.
+#[test]
+fn time_runs_deploy_nets_and_absent_data_at_any_batch() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let deploy = root.join("models/lenet/deploy.prototxt");
+    let out = ok(
+        dir.path(),
+        &[
+            "time",
+            "--model",
+            deploy.to_str().unwrap(),
+            "--batch",
+            "3",
+            "--iterations",
+            "1",
+        ],
+    );
+    assert!(out.contains("bench_loss"), "{out}");
+    let conv1 = out.lines().find(|l| l.starts_with("conv1 ")).unwrap_or("");
+    let backward: f64 = conv1
+        .split_whitespace()
+        .last()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(backward > 0.0, "conv1 has no backward time: {out}");
+    let train_val = root.join("models/lenet/train_val.prototxt");
+    let out = crema(
+        dir.path(),
+        &[
+            "time",
+            "--model",
+            train_val.to_str().unwrap(),
+            "--batch",
+            "2",
+            "--input-shape",
+            "1,28,28",
+            "--iterations",
+            "1",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // The prototxt's LMDB paths are relative to the working directory, a fresh one here.
+    assert!(err.contains("timing with synthetic data"), "{err}");
+}

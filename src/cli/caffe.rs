@@ -131,6 +131,7 @@ pub fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 forward_only: false,
                 batch: None,
                 synthetic: false,
+                input_shape: vec![],
                 engine,
             })
         }

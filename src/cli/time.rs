@@ -32,6 +32,10 @@ pub struct Args {
     /// are always replaced by synthetic inputs of the declared shape, with a warning).
     #[arg(long)]
     pub synthetic: bool,
+    /// Shape of the synthetic data of replaced data layers: N,C,H,W (or C,H,W with N from the
+    /// layer), for data layers that do not declare their image size.
+    #[arg(long, value_delimiter = ',')]
+    pub input_shape: Vec<usize>,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -46,7 +50,7 @@ pub fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let param = crema_proto::read_net_text(&args.model)?;
     let overrides = DataOverrides {
         all: args.synthetic,
-        input_shape: None,
+        input_shape: (!args.input_shape.is_empty()).then(|| args.input_shape.clone()),
     };
     let (mut param, replaced) = replace_data_layers(&param, &state, &overrides)?;
     for r in &replaced {
@@ -82,7 +86,10 @@ pub fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         .layer
         .iter()
         .any(|l| l.r#type().ends_with("Loss") || l.loss_weight.iter().any(|w| *w != 0.0));
-    let deploy = !has_loss && !args.forward_only && replaced.is_empty();
+    // Only a classifier (ending in Softmax) has an obvious loss; anything else is timed as it is,
+    // as Caffe times it (its backward pass then does no work).
+    let ends_in_softmax = param.layer.last().is_some_and(|l| l.r#type() == "Softmax");
+    let deploy = !has_loss && ends_in_softmax && !args.forward_only && replaced.is_empty();
     if deploy {
         let batch = args.batch.unwrap_or(1);
         let b = param
