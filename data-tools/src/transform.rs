@@ -87,11 +87,18 @@ impl Transformer {
     /// either phase, exactly as Caffe does.
     pub fn transform(&mut self, datum: &Datum, out: &mut [f32]) -> Result<()> {
         let datum = self.decoded(datum)?;
-        let (h, w) = (
+        let (h_off, w_off, mirror) = self.draw(
             datum.height().max(0) as usize,
             datum.width().max(0) as usize,
-        );
-        // Same draw order as Caffe: the mirror coin first, then the crop offsets.
+        )?;
+        self.apply(&datum, out, h_off, w_off, mirror)
+    }
+
+    /// The random choices [`Transformer::transform`] makes for an h×w datum: (crop row offset,
+    /// crop column offset, mirror), drawn in Caffe's order (the mirror coin first, then the
+    /// offsets). Drawing them item by item and then calling [`Transformer::transform_at`] for the
+    /// items in any order, e.g. on several threads, gives exactly what `transform` would.
+    pub fn draw(&mut self, h: usize, w: usize) -> Result<(usize, usize, bool)> {
         let mirror = self.mirror && self.rng.gen_range(0..2) == 1;
         let (mut h_off, mut w_off) = (0, 0);
         if self.crop_size > 0 {
@@ -104,7 +111,7 @@ impl Transformer {
                 w_off = (w - self.crop_size) / 2;
             }
         }
-        self.apply(&datum, out, h_off, w_off, mirror)
+        Ok((h_off, w_off, mirror))
     }
 
     /// Transforms with a given crop offset and flip (no randomness), e.g. for tests or

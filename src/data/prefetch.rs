@@ -88,6 +88,9 @@ impl Feed {
             let item = c * h * w;
             let mut data = vec![0.0f32; batch * item];
             let mut labels = vec![0.0f32; batch];
+            // The random crops and flips are drawn in item order, so a run is reproducible;
+            // applying them (the costly part) is spread over the cores.
+            let mut draws = Vec::with_capacity(batch);
             for (i, d) in datums.iter().enumerate() {
                 if dims(d) != (c0, h0, w0) {
                     let (dc, dh, dw) = dims(d);
@@ -96,11 +99,24 @@ impl Feed {
                         names[i], names[0]
                     ));
                 }
-                transformer
-                    .transform(d, &mut data[i * item..(i + 1) * item])
-                    .map_err(|e| format!("`{}`: {e}", names[i]))?;
+                draws.push(
+                    transformer
+                        .draw(h0, w0)
+                        .map_err(|e| format!("`{}`: {e}", names[i]))?,
+                );
                 labels[i] = d.label() as f32;
             }
+            let t = &transformer;
+            pool.install(|| {
+                data.par_chunks_mut(item.max(1))
+                    .zip(datums.par_iter())
+                    .zip(draws.par_iter())
+                    .zip(names.par_iter())
+                    .try_for_each(|(((out, d), &(h_off, w_off, mirror)), name)| {
+                        t.transform_at(d, out, h_off, w_off, mirror)
+                            .map_err(|e| format!("`{name}`: {e}"))
+                    })
+            })?;
             Ok(Batch {
                 shape: [batch, c, h, w],
                 data,
