@@ -52,7 +52,15 @@ pub fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         all: args.synthetic,
         input_shape: (!args.input_shape.is_empty()).then(|| args.input_shape.clone()),
     };
-    let (mut param, replaced) = replace_data_layers(&param, &state, &overrides)?;
+    let (mut param, replaced) = match replace_data_layers(&param, &state, &overrides) {
+        Ok(r) => r,
+        Err(e) => {
+            // A fault in the net itself (an unknown layer type, a bad parameter) is the more
+            // useful message; only when the net builds is the missing data shape the problem.
+            Net::new(&param, &state, engine.clone())?;
+            return Err(e.into());
+        }
+    };
     for r in &replaced {
         tracing::warn!(
             "timing with synthetic data: {} layer `{}` becomes an Input of shape {:?}{}",
