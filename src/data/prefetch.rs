@@ -60,28 +60,15 @@ impl Feed {
             Ok(p) => p,
             Err(e) => bail!("cannot start the decoding threads: {e}"),
         };
-        // Reading is serial (one cursor), so it gets its own thread: the next batch's items are
-        // read while this one is decoded and transformed. It stops when the batch thread does.
-        type RawBatch<T> = std::result::Result<Vec<(String, T)>, String>;
-        let (raw_tx, raw_rx) = sync_channel::<RawBatch<T>>(1);
-        let reader = std::thread::Builder::new()
-            .name(format!("{thread_name}-read"))
-            .spawn(move || loop {
-                let raw: RawBatch<T> = (0..batch).map(|_| next()).collect();
-                let failed = raw.is_err();
-                if raw_tx.send(raw).is_err() || failed {
-                    return;
-                }
-            });
-        if let Err(e) = reader {
-            bail!("cannot start the reading thread: {e}");
-        }
         let (tx, rx) = sync_channel(depth.max(1));
         let mut produce = move || -> BatchResult {
-            let raw = raw_rx
-                .recv()
-                .map_err(|_| "the reading thread stopped".to_string())??;
-            let (names, items): (Vec<String>, Vec<T>) = raw.into_iter().unzip();
+            let mut names = Vec::with_capacity(batch);
+            let mut items = Vec::with_capacity(batch);
+            for _ in 0..batch {
+                let (name, item) = next()?;
+                names.push(name);
+                items.push(item);
+            }
             // Decoding is the costly part: spread it over the cores.
             let datums: Vec<Datum> = pool.install(|| {
                 items
