@@ -420,9 +420,7 @@ pub trait Engine {
         x: Option<&Buffer>,
         y: &mut Buffer,
     ) {
-        let mut t = self.alloc(outer * ch * inner);
-        self.bias_forward(outer, ch, inner, s, &mut t);
-        self.mul(x, &t, y);
+        composed::channel_scale(self, outer, ch, inner, s, x, y)
     }
 
     /// y[o, c, i] = x[o, c, i] · s[c] + b[c] (no b: no shift; `x` None: in place on y).
@@ -437,10 +435,7 @@ pub trait Engine {
         x: Option<&Buffer>,
         y: &mut Buffer,
     ) {
-        self.channel_scale(outer, ch, inner, s, x, y);
-        if let Some(b) = b {
-            self.bias_forward(outer, ch, inner, b, y);
-        }
+        composed::channel_affine(self, outer, ch, inner, s, b, x, y)
     }
 
     /// out[c] += Σ over (o, i) of a[o, c, i] · b[o, c, i] (a per-channel scale's gradient).
@@ -453,9 +448,7 @@ pub trait Engine {
         b: &Buffer,
         out: &mut Buffer,
     ) {
-        let mut t = self.alloc(outer * ch * inner);
-        self.mul(Some(a), b, &mut t);
-        self.bias_backward(outer, ch, inner, &t, out);
+        composed::channel_dot(self, outer, ch, inner, a, b, out)
     }
 
     /// Fills `dst` with uniform draws from [0, 1). The default draws from the crate's seeded
@@ -561,9 +554,7 @@ pub trait Engine {
         mean: &mut Buffer,
         var: &mut Buffer,
     ) {
-        let (m, v) = bn::stats(outer, ch, inner, &self.download(x));
-        self.upload(&m, mean);
-        self.upload(&v, var);
+        composed::bn_stats(self, outer, ch, inner, x, mean, var)
     }
 
     /// std[c] = sqrt(var[c] + eps), then y = (x - mean[c]) / std[c] (`x` None: in place on y),
@@ -582,13 +573,7 @@ pub trait Engine {
         y: &mut Buffer,
         x_norm: &mut Buffer,
     ) {
-        let mut yv = self.download(x.unwrap_or(y));
-        let mut sv = vec![0.0; ch];
-        let (m, v) = (self.download(mean), self.download(var));
-        bn::normalize(outer, ch, inner, &m, &v, eps, &mut sv, &mut yv);
-        self.upload(&sv, std);
-        self.upload(&yv, y);
-        self.upload(&yv, x_norm);
+        composed::bn_normalize(self, outer, ch, inner, x, mean, var, eps, std, y, x_norm)
     }
 
     /// dx = (dy - mean(dy) - y·mean(dy·y)) / std[c], the means taken over all axes but the
@@ -605,10 +590,114 @@ pub trait Engine {
         std: &Buffer,
         dx: &mut Buffer,
     ) {
-        let mut g = self.download(dy.unwrap_or(dx));
-        let (yv, sv) = (self.download(y), self.download(std));
+        composed::bn_backward(self, outer, ch, inner, global, y, dy, std, dx)
+    }
+}
+
+/// The per-channel operations built from an engine's basic ones (or, for BatchNorm, on the host):
+/// the [`Engine`] defaults, and the path any engine can fall back to for tensors its own kernels
+/// do not take.
+pub(crate) mod composed {
+    use super::{bn, Buffer, Engine};
+
+    pub fn channel_scale<E: Engine + ?Sized>(
+        e: &E,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        s: &Buffer,
+        x: Option<&Buffer>,
+        y: &mut Buffer,
+    ) {
+        let mut t = e.alloc(outer * ch * inner);
+        e.bias_forward(outer, ch, inner, s, &mut t);
+        e.mul(x, &t, y);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn channel_affine<E: Engine + ?Sized>(
+        e: &E,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        s: &Buffer,
+        b: Option<&Buffer>,
+        x: Option<&Buffer>,
+        y: &mut Buffer,
+    ) {
+        e.channel_scale(outer, ch, inner, s, x, y);
+        if let Some(b) = b {
+            e.bias_forward(outer, ch, inner, b, y);
+        }
+    }
+
+    pub fn channel_dot<E: Engine + ?Sized>(
+        e: &E,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        a: &Buffer,
+        b: &Buffer,
+        out: &mut Buffer,
+    ) {
+        let mut t = e.alloc(outer * ch * inner);
+        e.mul(Some(a), b, &mut t);
+        e.bias_backward(outer, ch, inner, &t, out);
+    }
+
+    pub fn bn_stats<E: Engine + ?Sized>(
+        e: &E,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        x: &Buffer,
+        mean: &mut Buffer,
+        var: &mut Buffer,
+    ) {
+        let (m, v) = bn::stats(outer, ch, inner, &e.download(x));
+        e.upload(&m, mean);
+        e.upload(&v, var);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn bn_normalize<E: Engine + ?Sized>(
+        e: &E,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        x: Option<&Buffer>,
+        mean: &Buffer,
+        var: &Buffer,
+        eps: f32,
+        std: &mut Buffer,
+        y: &mut Buffer,
+        x_norm: &mut Buffer,
+    ) {
+        let mut yv = e.download(x.unwrap_or(y));
+        let mut sv = vec![0.0; ch];
+        let (m, v) = (e.download(mean), e.download(var));
+        bn::normalize(outer, ch, inner, &m, &v, eps, &mut sv, &mut yv);
+        e.upload(&sv, std);
+        e.upload(&yv, y);
+        e.upload(&yv, x_norm);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn bn_backward<E: Engine + ?Sized>(
+        e: &E,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        global: bool,
+        y: &Buffer,
+        dy: Option<&Buffer>,
+        std: &Buffer,
+        dx: &mut Buffer,
+    ) {
+        let mut g = e.download(dy.unwrap_or(dx));
+        let (yv, sv) = (e.download(y), e.download(std));
         bn::backward(outer, ch, inner, global, &yv, &sv, &mut g);
-        self.upload(&g, dx);
+        e.upload(&g, dx);
     }
 }
 

@@ -11,7 +11,7 @@ mod conv;
 mod kernels;
 mod loader;
 
-use super::{Activation, Buffer, ConvGeom, Engine, LrnParams, PoolGeom, PoolMethod};
+use super::{composed, Activation, Buffer, ConvGeom, Engine, LrnParams, PoolGeom, PoolMethod};
 use conv::ConvPlan;
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
@@ -739,10 +739,7 @@ impl Engine for CudaEngine {
         var: &mut Buffer,
     ) {
         if !Self::small(outer * ch * inner) {
-            let (m, v) = super::bn::stats(outer, ch, inner, &self.download(x));
-            self.upload(&m, mean);
-            self.upload(&v, var);
-            return;
+            return composed::bn_stats(self, outer, ch, inner, x, mean, var);
         }
         let (pm, pv) = (self.p(mean), self.p(var));
         self.channel_reduce(outer, ch, inner, 1, x, None, 1, pm, pv);
@@ -762,14 +759,15 @@ impl Engine for CudaEngine {
         x_norm: &mut Buffer,
     ) {
         let n = outer * ch * inner;
+        if !Self::small(n) {
+            return composed::bn_normalize(
+                self, outer, ch, inner, x, mean, var, eps, std, y, x_norm,
+            );
+        }
         self.launch(
             "bn_std_f32",
             ch,
             &[u(ch), Arg::U64(self.p(var)), f(eps), Arg::U64(self.p(std))],
-        );
-        assert!(
-            Self::small(n),
-            "BatchNorm over {n} elements: at most 2^31 are supported"
         );
         let px = self.p(x.unwrap_or(y));
         let args = [
@@ -797,10 +795,9 @@ impl Engine for CudaEngine {
         dx: &mut Buffer,
     ) {
         let n = outer * ch * inner;
-        assert!(
-            Self::small(n),
-            "BatchNorm over {n} elements: at most 2^31 are supported"
-        );
+        if !Self::small(n) {
+            return composed::bn_backward(self, outer, ch, inner, global, y, dy, std, dx);
+        }
         let pdy = self.p(dy.unwrap_or(dx));
         let means = self.scratch(2 * ch);
         let (pm, pmm) = (self.p(&means), self.p(&means) + 4 * ch as u64);
@@ -835,11 +832,7 @@ impl Engine for CudaEngine {
     ) {
         let n = outer * ch * inner;
         if !Self::small(n) {
-            self.channel_scale(outer, ch, inner, s, x, y);
-            if let Some(b) = b {
-                self.bias_forward(outer, ch, inner, b, y);
-            }
-            return;
+            return composed::channel_affine(self, outer, ch, inner, s, b, x, y);
         }
         let px = self.p(x.unwrap_or(y));
         let args = [
@@ -864,10 +857,7 @@ impl Engine for CudaEngine {
         out: &mut Buffer,
     ) {
         if !Self::small(outer * ch * inner) {
-            let mut t = self.alloc(outer * ch * inner);
-            self.mul(Some(a), b, &mut t);
-            self.bias_backward(outer, ch, inner, &t, out);
-            return;
+            return composed::channel_dot(self, outer, ch, inner, a, b, out);
         }
         let po = self.p(out);
         self.channel_reduce(outer, ch, inner, 2, a, Some(b), 3, po, po);
@@ -884,10 +874,7 @@ impl Engine for CudaEngine {
     ) {
         let n = outer * ch * inner;
         if !Self::small(n) {
-            let mut t = self.alloc(n);
-            self.bias_forward(outer, ch, inner, s, &mut t);
-            self.mul(x, &t, y);
-            return;
+            return composed::channel_scale(self, outer, ch, inner, s, x, y);
         }
         let px = self.p(x.unwrap_or(y));
         let args = [
