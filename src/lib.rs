@@ -13,6 +13,7 @@ pub mod features;
 pub mod filler;
 pub mod layers;
 pub mod net;
+pub mod parallel;
 pub mod rng;
 pub mod solver;
 pub mod training_log;

@@ -1128,9 +1128,16 @@ fn without_cuda_libraries_gpu_flag_fails_with_one_line() {
         "name: \"n\"\nlayer { name: \"x\" type: \"Input\" top: \"x\" input_param { shape { dim: 1 dim: 2 } } }\n",
     )
     .unwrap();
+    std::fs::write(
+        dir.path().join("solver.prototxt"),
+        "net: \"net.prototxt\"\nbase_lr: 0.01\nmax_iter: 1\n",
+    )
+    .unwrap();
     for args in [
         &["time", "--model", "net.prototxt", "--gpu", "0"][..],
         &["device-query"][..],
+        &["train", "--solver", "solver.prototxt", "--gpu", "0,1"][..],
+        &["train", "--solver", "solver.prototxt", "--gpu", "all"][..],
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_crema"))
             .args(args)

@@ -159,15 +159,15 @@ fn train_flops(net: &Net) -> f64 {
     total
 }
 
-fn bench_one(
+/// A solver training the deploy net at `path` on synthetic data (fed), with its trainable net.
+fn synthetic_solver(
     path: &Path,
     batch: usize,
-    iters: usize,
     engine: Rc<dyn Engine>,
-) -> Result<Row, Box<dyn std::error::Error>> {
+) -> crema::Result<(Solver, NetParameter, usize)> {
     let deploy = crema_proto::read_net_text(path)?;
-    let train =
-        trainable_from_deploy(&deploy, batch).map_err(|e| format!("{}: {e}", path.display()))?;
+    let train = trainable_from_deploy(&deploy, batch)
+        .map_err(|e| crema::Error::msg(format!("{}: {e}", path.display())))?;
     let solver_param = SolverParameter {
         net_param: Some(train.clone()),
         base_lr: Some(0.001),
@@ -178,7 +178,7 @@ fn bench_one(
         snapshot_after_train: Some(false),
         ..Default::default()
     };
-    let mut solver = Solver::new(solver_param, None, engine.clone(), &NetChoices::default())?;
+    let solver = Solver::new(solver_param, None, engine.clone(), &NetChoices::default())?;
     let classes = {
         let logits = &train.layer[train.layer.len() - 1].bottom[0];
         solver
@@ -189,6 +189,16 @@ fn bench_one(
             .max(1)
     };
     feed(&solver.net, &*engine, classes);
+    Ok((solver, train, classes))
+}
+
+fn bench_one(
+    path: &Path,
+    batch: usize,
+    iters: usize,
+    engine: Rc<dyn Engine>,
+) -> Result<Row, Box<dyn std::error::Error>> {
+    let (mut solver, train, classes) = synthetic_solver(path, batch, engine.clone())?;
     solver.step(3)?;
     engine.synchronize();
     let t = Instant::now();
@@ -214,6 +224,34 @@ fn bench_one(
         step_ms,
         flops,
     })
+}
+
+/// The nets to time with their batch sizes: the named ones, else the standard ones (the big ones
+/// only on a GPU).
+fn nets_to_time(args: &Args, on_gpu: bool) -> Result<Vec<(PathBuf, usize)>, String> {
+    let nets: Vec<(PathBuf, usize)> = if args.nets.is_empty() {
+        DEFAULT_NETS
+            .iter()
+            .filter(|(p, _, cpu)| Path::new(p).exists() && (on_gpu || *cpu))
+            .map(|(p, b, _)| (PathBuf::from(p), *b))
+            .collect()
+    } else {
+        args.nets
+            .iter()
+            .map(|s| match s.rsplit_once(':') {
+                Some((p, b)) if b.parse::<usize>().is_ok() => {
+                    (PathBuf::from(p), b.parse().unwrap_or(1))
+                }
+                _ => (PathBuf::from(s), 1),
+            })
+            .collect()
+    };
+    if nets.is_empty() {
+        return Err(
+            "no nets to time: run from the repository root or name deploy prototxts".into(),
+        );
+    }
+    Ok(nets)
 }
 
 /// PyTorch's rows from torch_anchor.py: (case, batch, ms per step).
@@ -269,30 +307,17 @@ fn torch_match(
 }
 
 pub fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let devices = match &args.engine.gpu {
+        Some(spec) => super::common::gpu_ids(spec, gpu_count)?,
+        None => vec![],
+    };
+    if devices.len() > 1 {
+        let nets = nets_to_time(args, true)?;
+        return scaling::run(args, &devices, &nets);
+    }
     let engine = engine(&args.engine, None)?;
     let on_gpu = engine.name().starts_with("CUDA");
-    let nets: Vec<(PathBuf, usize)> = if args.nets.is_empty() {
-        DEFAULT_NETS
-            .iter()
-            .filter(|(p, _, cpu)| Path::new(p).exists() && (on_gpu || *cpu))
-            .map(|(p, b, _)| (PathBuf::from(p), *b))
-            .collect()
-    } else {
-        args.nets
-            .iter()
-            .map(|s| match s.rsplit_once(':') {
-                Some((p, b)) if b.parse::<usize>().is_ok() => {
-                    (PathBuf::from(p), b.parse().unwrap_or(1))
-                }
-                _ => (PathBuf::from(s), 1),
-            })
-            .collect()
-    };
-    if nets.is_empty() {
-        return Err(
-            "no nets to time: run from the repository root or name deploy prototxts".into(),
-        );
-    }
+    let nets = nets_to_time(args, on_gpu)?;
     let torch = match &args.torch {
         Some(p) => read_torch(p)?,
         None => Vec::new(),
@@ -345,4 +370,124 @@ pub fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         println!("{line}");
     }
     Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn gpu_count() -> Result<usize, String> {
+    crema::engine::cuda::device_count()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_count() -> Result<usize, String> {
+    Err("this build of crema has no GPU engine".into())
+}
+
+/// `crema bench --gpu 0,1,...`: data-parallel scaling. Each net trains on synthetic data with the
+/// same batch per GPU on 1, 2, 4, ... of the listed GPUs (one worker thread per GPU, gradients
+/// averaged by NCCL as `crema train --gpu` does), and the table gives images/s and the speedup
+/// over one GPU.
+#[cfg(feature = "nccl")]
+mod scaling {
+    use super::*;
+    use crema::engine::cuda::nccl::{ensure_nccl, unique_id, NcclCollective};
+    use crema::engine::cuda::CudaEngine;
+    use crema::parallel::run_threads;
+
+    pub fn run(
+        args: &Args,
+        devices: &[usize],
+        nets: &[(PathBuf, usize)],
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        ensure_nccl()?;
+        let tf32 = args.engine.tf32 || std::env::var("CREMA_TF32").is_ok_and(|v| v == "1");
+        let mut counts: Vec<usize> = (0..)
+            .map(|k| 1usize << k)
+            .take_while(|n| *n < devices.len())
+            .collect();
+        counts.push(devices.len());
+        println!(
+            "data-parallel scaling on GPUs {devices:?}, {} math, {} timed iterations, synthetic data on the devices, same batch per GPU",
+            if tf32 { "TF32" } else { "strict fp32" },
+            args.iterations
+        );
+        let header = format!(
+            "| {:<38} | {:>9} | {:>4} | {:>13} | {:>9} | {:>7} | {:>10} |",
+            "net", "batch/GPU", "GPUs", "train step ms", "images/s", "speedup", "efficiency"
+        );
+        println!("{header}");
+        println!(
+            "{}",
+            header
+                .chars()
+                .map(|c| if c == '|' { '|' } else { '-' })
+                .collect::<String>()
+        );
+        for (path, batch) in nets {
+            let mut base = None;
+            for &n in &counts {
+                let options = args.engine.gpu_options();
+                let ms = time_workers(path, *batch, args.iterations.max(1), &devices[..n], options)?;
+                let images = (n * batch) as f64 / (ms / 1e3);
+                let one = *base.get_or_insert(images);
+                println!(
+                    "| {:<38} | {:>9} | {:>4} | {:>13.3} | {:>9.0} | {:>6.2}x | {:>9.1}% |",
+                    path.display(),
+                    batch,
+                    n,
+                    ms,
+                    images,
+                    images / one,
+                    100.0 * images / one / n as f64
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Milliseconds per training step of `devices.len()` workers in step (the slowest worker's).
+    fn time_workers(
+        path: &Path,
+        batch: usize,
+        iters: usize,
+        devices: &[usize],
+        options: crema::engine::cuda::GpuOptions,
+    ) -> Result<f64, Box<dyn std::error::Error>> {
+        let n = devices.len();
+        let id = if n > 1 { unique_id()? } else { vec![] };
+        let (path, devices) = (path.to_path_buf(), devices.to_vec());
+        let times = run_threads(n, 0, n, move |shard| {
+            let _quiet = (!shard.is_root()).then(crate::cli::log::quiet_thread);
+            let err = |e: String| crema::Error::msg(format!("GPU {}: {e}", devices[shard.rank]));
+            let engine = CudaEngine::with_options(devices[shard.rank], options).map_err(err)?;
+            let collective = if n > 1 {
+                Some(NcclCollective::new(&engine, shard, &id).map_err(err)?)
+            } else {
+                None
+            };
+            let engine: Rc<dyn Engine> = Rc::new(engine);
+            let (mut solver, _, _) = synthetic_solver(&path, batch, engine.clone())?;
+            if let Some(c) = collective {
+                solver.set_collective(Box::new(c))?;
+            }
+            solver.step(3)?;
+            engine.synchronize();
+            let t = Instant::now();
+            solver.step(iters as i32)?;
+            engine.synchronize();
+            Ok(t.elapsed().as_secs_f64() * 1e3 / iters as f64)
+        })?;
+        Ok(times.into_iter().fold(0.0, f64::max))
+    }
+}
+
+#[cfg(not(feature = "nccl"))]
+mod scaling {
+    use super::*;
+    pub fn run(
+        _args: &Args,
+        devices: &[usize],
+        _nets: &[(PathBuf, usize)],
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        Err(format!("timing GPUs {devices:?} together needs NCCL, and this build of crema has none").into())
+    }
 }

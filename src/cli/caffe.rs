@@ -63,6 +63,7 @@ pub fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         stage: args.stage.clone(),
         level: args.level,
         tf32: false,
+        deterministic: false,
     };
     match args.verb.as_str() {
         "train" => {

@@ -20,6 +20,21 @@ pub struct EngineArgs {
     /// the products) instead of Caffe's strict fp32; also `CREMA_TF32=1`.
     #[arg(long)]
     pub tf32: bool,
+    /// Make GPU runs repeatable bit for bit: only deterministic cuDNN algorithms, chosen without
+    /// timing them (often slower); also `CREMA_DETERMINISTIC=1`.
+    #[arg(long)]
+    pub deterministic: bool,
+}
+
+impl EngineArgs {
+    /// The GPU engine's options these flags ask for.
+    #[cfg(feature = "cuda")]
+    pub fn gpu_options(&self) -> crema::engine::cuda::GpuOptions {
+        crema::engine::cuda::GpuOptions {
+            tf32: self.tf32,
+            deterministic: self.deterministic,
+        }
+    }
 }
 
 /// The engine to run on. `--gpu N` picks the CUDA engine on device N and is an error when that
@@ -28,10 +43,10 @@ pub struct EngineArgs {
 pub fn engine(args: &EngineArgs, solver_device: Option<usize>) -> Result<Rc<dyn Engine>, String> {
     if let Some(spec) = &args.gpu {
         let id = parse_gpu(spec)?;
-        return cuda_engine(id, args.tf32).map_err(|e| format!("--gpu {spec}: {e}"));
+        return cuda_engine(id, args).map_err(|e| format!("--gpu {spec}: {e}"));
     }
     if let Some(id) = solver_device {
-        match cuda_engine(id, args.tf32) {
+        match cuda_engine(id, args) {
             Ok(e) => return Ok(e),
             Err(e) => tracing::warn!(
                 "solver_mode: GPU asks for GPU {id}, but {e}; running on the CPU ({} threads)",
@@ -42,29 +57,46 @@ pub fn engine(args: &EngineArgs, solver_device: Option<usize>) -> Result<Rc<dyn 
     Ok(Rc::new(CpuEngine::new()))
 }
 
-/// The device of `--gpu`: `N`, the first of `N,M,...` (one GPU per process for now), or `all` = 0.
+/// The device of `--gpu` for commands that run on one GPU: `N`, the first of `N,M,...`, or
+/// `all` = 0.
 fn parse_gpu(spec: &str) -> Result<usize, String> {
-    if spec.eq_ignore_ascii_case("all") {
-        return Ok(0);
-    }
-    let ids: Vec<&str> = spec.split(',').map(str::trim).collect();
-    let first = ids[0]
-        .parse::<usize>()
-        .map_err(|_| format!("--gpu `{spec}` is not a GPU id; give e.g. `0`, `0,1` or `all`"))?;
+    let ids = gpu_ids(spec, || Ok(1))?;
     if ids.len() > 1 {
-        tracing::warn!("--gpu {spec}: crema trains on one GPU per process; using GPU {first}");
+        tracing::warn!("--gpu {spec}: this command runs on one GPU; using GPU {}", ids[0]);
     }
-    Ok(first)
+    Ok(ids[0])
+}
+
+/// The devices `--gpu` names: `N`, `N,M,...` or `all` (every device `count` reports).
+pub fn gpu_ids(spec: &str, count: impl FnOnce() -> Result<usize, String>) -> Result<Vec<usize>, String> {
+    if spec.trim().eq_ignore_ascii_case("all") {
+        let n = count().map_err(|e| format!("--gpu all: {e}"))?;
+        if n == 0 {
+            return Err("--gpu all: this machine has no CUDA device".into());
+        }
+        return Ok((0..n).collect());
+    }
+    let mut ids = Vec::new();
+    for part in spec.split(',').map(str::trim) {
+        let id = part
+            .parse::<usize>()
+            .map_err(|_| format!("--gpu `{spec}`: `{part}` is not a GPU id; give e.g. `0`, `0,1` or `all`"))?;
+        if ids.contains(&id) {
+            return Err(format!("--gpu `{spec}` names GPU {id} twice"));
+        }
+        ids.push(id);
+    }
+    Ok(ids)
 }
 
 #[cfg(feature = "cuda")]
-fn cuda_engine(id: usize, tf32: bool) -> Result<Rc<dyn Engine>, String> {
-    let e = crema::engine::cuda::CudaEngine::with_tf32(id, tf32)?;
+fn cuda_engine(id: usize, args: &EngineArgs) -> Result<Rc<dyn Engine>, String> {
+    let e = crema::engine::cuda::CudaEngine::with_options(id, args.gpu_options())?;
     Ok(Rc::new(e))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda_engine(_id: usize, _tf32: bool) -> Result<Rc<dyn Engine>, String> {
+fn cuda_engine(_id: usize, _args: &EngineArgs) -> Result<Rc<dyn Engine>, String> {
     Err("this build of crema has no GPU engine (it was built without the `cuda` feature; rebuild with \
          `cargo build --release --features cuda`)"
         .to_string())

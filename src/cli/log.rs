@@ -77,3 +77,16 @@ pub fn init(default_filter: &str) {
         .event_format(GlogFormat)
         .try_init();
 }
+
+/// Keeps this thread's log to warnings and errors while the guard lives: the data-parallel
+/// workers other than rank 0 build and train the same net, and Caffe logs only its root solver.
+#[cfg(feature = "nccl")]
+pub fn quiet_thread() -> tracing::subscriber::DefaultGuard {
+    let filter = tracing_subscriber::EnvFilter::new("warn");
+    let sub = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .event_format(GlogFormat)
+        .finish();
+    tracing::subscriber::set_default(sub)
+}

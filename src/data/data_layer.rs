@@ -50,10 +50,18 @@ impl DataLayer {
         DatumReader::open(&source).map_err(|e| Error::msg(format!("data_param.source: {e}")))
     }
 
-    /// Starts the prefetch thread after skipping `skip` items.
+    /// Starts the prefetch thread after skipping `skip` of this worker's items. When training
+    /// data-parallel, worker `r` of `n` reads items r, r + n, r + 2n, ... (Caffe's sharding); test
+    /// nets run on one worker and read everything.
     fn start(&mut self, skip: usize) -> Result<()> {
         let mut reader = self.open()?;
-        reader.skip(skip)?;
+        let shard = if self.train {
+            crate::parallel::shard()
+        } else {
+            crate::parallel::Shard::default()
+        };
+        reader.skip(skip * shard.count + shard.rank)?;
+        let others = shard.count - 1;
         let transformer = Transformer::new(&self.transform, self.train, crate::rng::next_seed())?;
         let (force_color, force_gray) = (self.transform.force_color(), self.transform.force_gray());
         self.feed.start(
@@ -61,7 +69,11 @@ impl DataLayer {
             self.p.prefetch() as usize,
             self.p.batch_size() as usize,
             transformer,
-            Box::new(move || reader.next_entry().map_err(|e| e.to_string())),
+            Box::new(move || {
+                let item = reader.next_entry().map_err(|e| e.to_string())?;
+                reader.skip(others).map_err(|e| e.to_string())?;
+                Ok(item)
+            }),
             Box::new(move |d| {
                 if d.encoded() {
                     decode_datum(&d, force_color, force_gray).map_err(|e| e.to_string())

@@ -91,8 +91,22 @@ impl ImageDataLayer {
         }
     }
 
-    /// Starts the prefetch thread reading from `cursor`.
+    /// The worker whose share of the list this layer reads (see [`crate::parallel`]): training
+    /// nets read every n-th image from their rank on; test nets (one worker) read them all.
+    fn shard(&self) -> crate::parallel::Shard {
+        if self.train {
+            crate::parallel::shard()
+        } else {
+            crate::parallel::Shard::default()
+        }
+    }
+
+    /// Starts the prefetch thread reading this worker's images from `cursor`.
     fn start(&mut self, mut cursor: ListCursor) -> Result<()> {
+        let shard = self.shard();
+        for _ in 0..shard.rank {
+            cursor.next();
+        }
         let transformer = Transformer::new(&self.transform, self.train, crate::rng::next_seed())?;
         let (h, w, color) = (self.p.new_height(), self.p.new_width(), self.p.is_color());
         let root = self.p.root_folder().to_string();
@@ -103,6 +117,9 @@ impl ImageDataLayer {
             transformer,
             Box::new(move || {
                 let (file, label) = cursor.next();
+                for _ in 1..shard.count {
+                    cursor.next();
+                }
                 let path = Self::image_path(&root, &file);
                 Ok((path.display().to_string(), (path, label)))
             }),
@@ -135,7 +152,14 @@ impl Layer for ImageDataLayer {
         };
         if self.p.shuffle() {
             tracing::info!("Shuffling data");
-            let mut rng = StdRng::seed_from_u64(crate::rng::next_seed());
+            // Workers sharing the list must share its order: they shuffle with one fixed seed
+            // (their own generators differ by rank).
+            let seed = if self.shard().count > 1 {
+                0x5eed_1157 ^ cursor.order.len() as u64
+            } else {
+                crate::rng::next_seed()
+            };
+            let mut rng = StdRng::seed_from_u64(seed);
             cursor.order.shuffle(&mut rng);
             cursor.rng = Some(rng);
         }
@@ -182,7 +206,7 @@ impl Layer for ImageDataLayer {
         let Some(mut cursor) = self.start_cursor.clone() else {
             bail!("the data layer was not set up");
         };
-        for _ in 0..n * self.p.batch_size() as usize {
+        for _ in 0..n * self.p.batch_size() as usize * self.shard().count {
             cursor.next();
         }
         self.start(cursor)

@@ -6,6 +6,7 @@ use crate::blob::BlobRef;
 use crate::engine::{Buffer, Engine, UpdateRule};
 use crate::layers::Phase;
 use crate::net::{Net, State};
+use crate::parallel::{Collective, Shard};
 use crate::{bail, Error, Result};
 use crema_proto::caffe::{NetParameter, SolverParameter, SolverState};
 use lr::{fmt_g, Schedule};
@@ -40,7 +41,7 @@ impl std::str::FromStr for SignalEffect {
 }
 
 /// Flags raised by signal handlers, polled once per iteration.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Signals {
     pub sigint: Arc<AtomicBool>,
     pub sighup: Arc<AtomicBool>,
@@ -164,7 +165,18 @@ pub struct Solver {
     signals: Option<Signals>,
     /// Last test scores, by test net: (output name, mean value).
     pub last_test: Vec<Vec<(String, f32)>>,
+    /// This worker's rank among data-parallel workers (rank 0 of 1 alone).
+    shard: Shard,
+    /// How gradients are averaged with the other workers; None when training alone.
+    collective: Option<Box<dyn Collective>>,
+    /// Whether the other workers hold rank 0's weights (set by the first step after a change).
+    synced: bool,
 }
+
+/// Gradients are averaged in buckets of at least this many values: each layer's gradients join
+/// the bucket as soon as its backward pass has made them, and a full bucket is sent while the
+/// layers below are still computing (Caffe's layer_wise_reduce, with small layers grouped).
+const BUCKET_VALUES: usize = 1 << 20;
 
 /// Finds a file named in a solver: as given (relative to the working directory, like Caffe),
 /// else relative to the solver file's directory.
@@ -202,9 +214,13 @@ impl Solver {
     ) -> Result<Solver> {
         let rule = Rule::from_solver(&param)?;
         let policy = Schedule::from_solver(&param)?;
+        let shard = crate::parallel::shard();
         if param.random_seed() >= 0 {
-            crate::rng::seed(param.random_seed() as u64);
-            engine.seed(param.random_seed() as u64);
+            // Each worker draws its own dropout masks and crops, as in Caffe (seed + rank); the
+            // weights it draws are replaced by rank 0's at the first step.
+            let seed = param.random_seed() as u64 + shard.rank as u64;
+            crate::rng::seed(seed);
+            engine.seed(seed);
         }
         let dir = solver_path.and_then(|p| p.parent()).map(|d| {
             if d.as_os_str().is_empty() {
@@ -275,7 +291,8 @@ impl Solver {
             info!("test_interval is 0: test nets will not be run during training");
         }
         let mut test_nets = vec![];
-        for (i, tp) in test_params.iter().enumerate() {
+        // Only rank 0 tests (Caffe's root solver): the other workers build no test nets.
+        for (i, tp) in test_params.iter().enumerate().filter(|_| shard.is_root()) {
             let mut st = State::phase(Phase::Test);
             if let Some(ts) = param.test_state.get(i) {
                 st = State {
@@ -329,7 +346,86 @@ impl Solver {
             snapshot_prefix,
             signals: None,
             last_test: vec![],
+            shard,
+            collective: None,
+            synced: true,
         })
+    }
+
+    /// Trains data-parallel with other workers through `c` (this solver must have been built on
+    /// the thread whose [`crate::parallel::set_shard`] gave it the same rank).
+    pub fn set_collective(&mut self, c: Box<dyn Collective>) -> Result<()> {
+        if c.shard() != self.shard {
+            bail!(
+                "the solver was built as worker {} of {} but joins the workers as {} of {}",
+                self.shard.rank,
+                self.shard.count,
+                c.shard().rank,
+                c.shard().count
+            );
+        }
+        self.collective = Some(c);
+        self.synced = false;
+        Ok(())
+    }
+
+    /// This worker's rank among the data-parallel workers.
+    pub fn shard(&self) -> Shard {
+        self.shard
+    }
+
+    /// Gives every worker rank 0's weights (and solver history, so a resumed run continues the
+    /// same trajectory on every rank).
+    fn sync_weights(&mut self) -> Result<()> {
+        let Some(c) = &self.collective else {
+            return Ok(());
+        };
+        let mut data: Vec<_> = self.net.params().iter().map(|p| p.blob.data_mut()).collect();
+        let mut bufs: Vec<&mut Buffer> = data.iter_mut().map(|d| &mut **d).collect();
+        bufs.extend(self.history.iter_mut());
+        c.broadcast(&mut bufs)?;
+        self.synced = true;
+        Ok(())
+    }
+
+    /// The backward pass, averaging each gradient with the other workers as soon as it is final.
+    fn backward_and_reduce(&mut self) -> Result<()> {
+        let Some(c) = &self.collective else {
+            return self.net.backward();
+        };
+        // A parameter's gradient is final after the backward pass of the lowest layer using it.
+        let n_layers = self.net.layers().len();
+        let mut ready: Vec<Vec<usize>> = vec![vec![]; n_layers];
+        for (pi, p) in self.net.params().iter().enumerate() {
+            if p.lr_mult == 0.0 {
+                continue; // never updated: nothing to average
+            }
+            let first_user = self
+                .net
+                .layers()
+                .iter()
+                .position(|l| l.blobs.iter().any(|b| Rc::ptr_eq(b, &p.blob)))
+                .unwrap_or(0);
+            ready[first_user].push(pi);
+        }
+        let mut pending: Vec<usize> = vec![];
+        let mut pending_values = 0;
+        for i in (0..n_layers).rev() {
+            self.net.backward_layer(i)?;
+            for &pi in &ready[i] {
+                pending.push(pi);
+                pending_values += self.net.params()[pi].blob.count();
+            }
+            if !pending.is_empty() && (pending_values >= BUCKET_VALUES || i == 0) {
+                let params = self.net.params();
+                let mut diffs: Vec<_> = pending.iter().map(|&k| params[k].blob.diff_mut()).collect();
+                let mut bufs: Vec<&mut Buffer> = diffs.iter_mut().map(|d| &mut **d).collect();
+                c.all_reduce_mean(&mut bufs)?;
+                pending.clear();
+                pending_values = 0;
+            }
+        }
+        c.wait()
     }
 
     /// Installs signal flags to poll during training.
@@ -363,7 +459,8 @@ impl Solver {
         let remaining = self.param.max_iter() - self.iter;
         let stopped = self.step(remaining)?;
         let snap = self.param.snapshot();
-        if self.param.snapshot_after_train() && (snap == 0 || self.iter % snap != 0) {
+        let root = self.shard.is_root();
+        if root && self.param.snapshot_after_train() && (snap == 0 || self.iter % snap != 0) {
             self.snapshot()?;
         }
         if stopped {
@@ -371,7 +468,7 @@ impl Solver {
             return Ok(());
         }
         let display = self.param.display();
-        if display > 0 && self.iter % display == 0 {
+        if root && display > 0 && self.iter % display == 0 {
             let loss = self.net.forward()?;
             info!("Iteration {}, loss = {}", self.iter, fmt_g(loss));
         }
@@ -392,6 +489,10 @@ impl Solver {
         self.smoothed_loss = 0.0;
         let mut last_event = (Instant::now(), self.iter);
         let mut last_wait = self.net.data_wait().unwrap_or_default();
+        if !self.synced {
+            self.sync_weights()?;
+        }
+        let root = self.shard.is_root();
         while self.iter < stop_iter {
             self.net.clear_param_diffs();
             let ti = self.param.test_interval();
@@ -399,12 +500,17 @@ impl Solver {
             {
                 self.test_all()?;
             }
-            let display = self.param.display() > 0 && self.iter % self.param.display() == 0;
+            let display =
+                root && self.param.display() > 0 && self.iter % self.param.display() == 0;
             let iter_size = self.param.iter_size().max(1);
             let mut loss = 0.0;
-            for _ in 0..iter_size {
+            for k in 0..iter_size {
                 loss += self.net.forward()?;
-                self.net.backward()?;
+                if k + 1 == iter_size {
+                    self.backward_and_reduce()?;
+                } else {
+                    self.net.backward()?;
+                }
             }
             loss /= iter_size as f32;
             if !loss.is_finite() {
@@ -442,20 +548,33 @@ impl Solver {
             self.apply_update(display)?;
             self.iter += 1;
             let snap = self.param.snapshot();
-            if snap > 0 && self.iter % snap == 0 {
+            if root && snap > 0 && self.iter % snap == 0 {
                 self.snapshot()?;
             }
             if let Some(s) = &self.signals {
-                let effect = if s.sigint.swap(false, Ordering::SeqCst) {
+                let mut effect = if s.sigint.swap(false, Ordering::SeqCst) {
                     s.sigint_effect
                 } else if s.sighup.swap(false, Ordering::SeqCst) {
                     s.sighup_effect
                 } else {
                     None
                 };
+                // Workers agree: a stop anywhere stops every worker after this same iteration.
+                if let Some(c) = &self.collective {
+                    let code = match effect {
+                        Some(SignalEffect::Stop) => 2,
+                        Some(SignalEffect::Snapshot) => 1,
+                        _ => 0,
+                    };
+                    effect = match c.max_u32(code)? {
+                        2 => Some(SignalEffect::Stop),
+                        1 => Some(SignalEffect::Snapshot),
+                        _ => None,
+                    };
+                }
                 match effect {
                     Some(SignalEffect::Stop) => return Ok(true),
-                    Some(SignalEffect::Snapshot) => self.snapshot()?,
+                    Some(SignalEffect::Snapshot) if root => self.snapshot()?,
                     _ => {}
                 }
             }
@@ -721,6 +840,7 @@ impl Solver {
         }
         self.iter = state.iter();
         self.current_step = state.current_step();
+        self.synced = self.collective.is_none();
         // Continue the same data stream: skip what the interrupted run already consumed.
         let consumed = self.iter as usize * self.param.iter_size().max(1) as usize;
         self.net.skip_data_batches(consumed)?;

@@ -104,6 +104,7 @@ trait Perf: Copy {
     fn ok(&self) -> bool;
     fn memory(&self) -> usize;
     fn math(&self) -> sys::cudnnMathType_t;
+    fn deterministic(&self) -> bool;
 }
 
 macro_rules! perf {
@@ -122,6 +123,9 @@ macro_rules! perf {
             fn math(&self) -> sys::cudnnMathType_t {
                 self.mathType
             }
+            fn deterministic(&self) -> bool {
+                self.determinism == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC
+            }
         }
     };
 }
@@ -138,13 +142,26 @@ perf!(
     sys::cudnnConvolutionBwdFilterAlgo_t
 );
 
+/// What an algorithm must satisfy.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Strict fp32: FMA math only, so no TF32 tensor-core rounding.
+    pub strict: bool,
+    /// Bit-for-bit repeatable runs: deterministic algorithms (no atomics), chosen by cuDNN's
+    /// heuristics rather than by timing, so every run of the same net picks the same ones.
+    pub deterministic: bool,
+    /// Workspace budget in bytes.
+    pub limit: usize,
+}
+
 /// The first usable result (results come fastest first): successful, within the workspace budget,
-/// and — in strict fp32 mode — on FMA math only, so no TF32 tensor-core rounding.
-fn pick<P: Perf>(results: &[P], strict: bool, limit: usize) -> Option<P> {
+/// and as the policy asks.
+fn pick<P: Perf>(results: &[P], policy: Policy) -> Option<P> {
     results.iter().copied().find(|p| {
         p.ok()
-            && p.memory() <= limit
-            && (!strict || p.math() == sys::cudnnMathType_t::CUDNN_FMA_MATH)
+            && p.memory() <= policy.limit
+            && (!policy.strict || p.math() == sys::cudnnMathType_t::CUDNN_FMA_MATH)
+            && (!policy.deterministic || p.deterministic())
     })
 }
 
@@ -166,9 +183,9 @@ pub struct ConvPlan {
 }
 
 impl ConvPlan {
-    /// Builds descriptors and picks the fastest algorithm of each direction whose workspace fits
-    /// in `limit` bytes. `strict` keeps fp32 on FMA math (no TF32).
-    pub fn new(h: &Handle, g: &ConvGeom, strict: bool, limit: usize) -> Result<Self, String> {
+    /// Builds descriptors and picks the fastest algorithm of each direction that `policy` allows.
+    pub fn new(h: &Handle, g: &ConvGeom, policy: Policy) -> Result<Self, String> {
+        let strict = policy.strict;
         let x = tensor([g.num, g.in_channels, g.in_h, g.in_w])?;
         let y = tensor([g.num, g.out_channels, g.out_h(), g.out_w()])?;
         let w = Filter(dnn::create_filter_descriptor().map_err(|e| e.to_string())?);
@@ -196,15 +213,19 @@ impl ConvPlan {
         const NF: usize = sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_COUNT as usize;
         // SAFETY (all find/get calls below): descriptors are live and describe this geometry;
         // the result arrays hold `N` entries and cuDNN writes at most `returned` of them.
-        let found = search::<sys::cudnnConvolutionFwdAlgoPerf_t, NF>(|n, r, p| unsafe {
-            sys::cudnnFindConvolutionForwardAlgorithm(hd, x.0, w.0, c.0, y.0, n, r, p)
-        });
+        let found = if policy.deterministic {
+            vec![]
+        } else {
+            search::<sys::cudnnConvolutionFwdAlgoPerf_t, NF>(|n, r, p| unsafe {
+                sys::cudnnFindConvolutionForwardAlgorithm(hd, x.0, w.0, c.0, y.0, n, r, p)
+            })
+        };
         let heur = || {
             search::<sys::cudnnConvolutionFwdAlgoPerf_t, NF>(|n, r, p| unsafe {
                 sys::cudnnGetConvolutionForwardAlgorithm_v7(hd, x.0, w.0, c.0, y.0, n, r, p)
             })
         };
-        let fwd = match pick(&found, strict, limit).or_else(|| pick(&heur(), strict, limit)) {
+        let fwd = match pick(&found, policy).or_else(|| pick(&heur(), policy)) {
             Some(p) => finish(c, p.algo(), p.memory(), p.math())?,
             None => {
                 let algo = sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
@@ -231,15 +252,19 @@ impl ConvPlan {
         let c = conv_desc(g, math)?;
         const ND: usize =
             sys::cudnnConvolutionBwdDataAlgo_t::CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT as usize;
-        let found = search::<sys::cudnnConvolutionBwdDataAlgoPerf_t, ND>(|n, r, p| unsafe {
-            sys::cudnnFindConvolutionBackwardDataAlgorithm(hd, w.0, y.0, c.0, x.0, n, r, p)
-        });
+        let found = if policy.deterministic {
+            vec![]
+        } else {
+            search::<sys::cudnnConvolutionBwdDataAlgoPerf_t, ND>(|n, r, p| unsafe {
+                sys::cudnnFindConvolutionBackwardDataAlgorithm(hd, w.0, y.0, c.0, x.0, n, r, p)
+            })
+        };
         let heur = || {
             search::<sys::cudnnConvolutionBwdDataAlgoPerf_t, ND>(|n, r, p| unsafe {
                 sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(hd, w.0, y.0, c.0, x.0, n, r, p)
             })
         };
-        let bwd_data = match pick(&found, strict, limit).or_else(|| pick(&heur(), strict, limit)) {
+        let bwd_data = match pick(&found, policy).or_else(|| pick(&heur(), policy)) {
             Some(p) => finish(c, p.algo(), p.memory(), p.math())?,
             None => {
                 let algo = sys::cudnnConvolutionBwdDataAlgo_t::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1;
@@ -266,15 +291,19 @@ impl ConvPlan {
         let c = conv_desc(g, math)?;
         const NW: usize =
             sys::cudnnConvolutionBwdFilterAlgo_t::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT as usize;
-        let found = search::<sys::cudnnConvolutionBwdFilterAlgoPerf_t, NW>(|n, r, p| unsafe {
-            sys::cudnnFindConvolutionBackwardFilterAlgorithm(hd, x.0, y.0, c.0, w.0, n, r, p)
-        });
+        let found = if policy.deterministic {
+            vec![]
+        } else {
+            search::<sys::cudnnConvolutionBwdFilterAlgoPerf_t, NW>(|n, r, p| unsafe {
+                sys::cudnnFindConvolutionBackwardFilterAlgorithm(hd, x.0, y.0, c.0, w.0, n, r, p)
+            })
+        };
         let heur = || {
             search::<sys::cudnnConvolutionBwdFilterAlgoPerf_t, NW>(|n, r, p| unsafe {
                 sys::cudnnGetConvolutionBackwardFilterAlgorithm_v7(hd, x.0, y.0, c.0, w.0, n, r, p)
             })
         };
-        let bwd_filter = match pick(&found, strict, limit).or_else(|| pick(&heur(), strict, limit))
+        let bwd_filter = match pick(&found, policy).or_else(|| pick(&heur(), policy))
         {
             Some(p) => finish(c, p.algo(), p.memory(), p.math())?,
             None => {

@@ -209,3 +209,82 @@ fn push_unique(v: &mut Vec<PathBuf>, p: PathBuf) {
         v.push(p);
     }
 }
+
+/// Checks that NCCL loads, for training on more than one GPU. cudarc opens it as `libnccl.so`
+/// (or `libnccl.so.<CUDA major>`), but NCCL's packages (PyTorch's wheel among them) ship only
+/// `libnccl.so.2`. When only that is found, crema links `libnccl.so` to it in a folder of its own
+/// and starts itself again with that folder on LD_LIBRARY_PATH (the loader reads the variable only
+/// at start-up); this happens before any GPU work, so nothing is lost.
+#[cfg(feature = "nccl")]
+pub fn ensure_nccl() -> Result<(), String> {
+    ensure_libraries()?;
+    // SAFETY: as in `loads_by_name`: opening the library runs its initialisers.
+    if unsafe { cudarc::nccl::sys::is_culib_present() } {
+        return Ok(());
+    }
+    const MARK: &str = "CREMA_NCCL_RELAUNCHED";
+    let found = find_nccl_so2();
+    match found {
+        Some(lib) if std::env::var_os(MARK).is_none() => relaunch_with_link(&lib, MARK),
+        Some(lib) => Err(format!(
+            "NCCL (libnccl) is needed to train on more than one GPU; {} was linked as libnccl.so but still does not load",
+            lib.display()
+        )),
+        None => Err(format!(
+            "NCCL (libnccl) is needed to train on more than one GPU but was not found; looked on the loader path (LD_LIBRARY_PATH={}) and in Python nvidia-* wheels. Install NCCL 2 for CUDA 13 (e.g. the nvidia-nccl-cu13 wheel) or add the folder of libnccl.so.2 to LD_LIBRARY_PATH",
+            std::env::var("LD_LIBRARY_PATH").unwrap_or_default()
+        )),
+    }
+}
+
+/// Where `libnccl.so.2` is: on LD_LIBRARY_PATH or in a Python wheel's folder.
+#[cfg(feature = "nccl")]
+fn find_nccl_so2() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("LD_LIBRARY_PATH")
+        .map(|v| std::env::split_paths(&v).collect())
+        .unwrap_or_default();
+    dirs.extend(search_dirs());
+    for extra in ["/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib"] {
+        dirs.push(PathBuf::from(extra));
+    }
+    dirs.into_iter()
+        .map(|d| d.join("libnccl.so.2"))
+        .find(|p| p.is_file())
+}
+
+#[cfg(feature = "nccl")]
+fn relaunch_with_link(lib: &Path, mark: &str) -> Result<(), String> {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::process::CommandExt;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    lib.hash(&mut h);
+    let dir = std::env::temp_dir().join(format!("crema-nccl-{:016x}", h.finish()));
+    let link = dir.join("libnccl.so");
+    let ok = std::fs::read_link(&link).is_ok_and(|t| t == lib);
+    if !ok {
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        // Another crema may be making the same link: build it under a private name, then rename.
+        let tmp = dir.join(format!("libnccl.so.{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(lib, &tmp)
+            .and_then(|_| std::fs::rename(&tmp, &link))
+            .map_err(|e| format!("linking {} to {}: {e}", link.display(), lib.display()))?;
+    }
+    let mut path = std::ffi::OsString::from(&dir);
+    if let Some(old) = std::env::var_os("LD_LIBRARY_PATH") {
+        path.push(":");
+        path.push(old);
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("finding crema's own binary: {e}"))?;
+    tracing::debug!(
+        "NCCL: {} has no libnccl.so beside it; starting again with {} on LD_LIBRARY_PATH",
+        lib.display(),
+        dir.display()
+    );
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("LD_LIBRARY_PATH", path)
+        .env(mark, "1")
+        .exec();
+    Err(format!("starting crema again to load NCCL: {err}"))
+}

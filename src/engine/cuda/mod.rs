@@ -10,6 +10,8 @@
 mod conv;
 mod kernels;
 mod loader;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 
 use super::{composed, Activation, Buffer, ConvGeom, Engine, LrnParams, PoolGeom, PoolMethod};
 use conv::ConvPlan;
@@ -35,8 +37,19 @@ pub struct CudaEngine {
     ctx: Arc<CudaContext>,
     ordinal: usize,
     strict_fp32: bool,
+    deterministic: bool,
     seed: Cell<u64>,
     draws: Cell<u64>,
+}
+
+/// How a [`CudaEngine`] computes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GpuOptions {
+    /// Let convolutions and gemms use TF32 tensor cores (else strict fp32, Caffe's math).
+    pub tf32: bool,
+    /// Bit-for-bit repeatable runs: only deterministic cuDNN algorithms, chosen by cuDNN's
+    /// heuristics instead of by timing (which varies from run to run). Often slower.
+    pub deterministic: bool,
 }
 
 /// What `crema device-query` prints about one GPU.
@@ -180,6 +193,21 @@ impl CudaEngine {
     /// As [`CudaEngine::new`], with TF32 tensor-core math when `tf32` (or `CREMA_TF32=1`) asks for
     /// it; otherwise convolutions and gemms stay in strict fp32.
     pub fn with_tf32(ordinal: usize, tf32: bool) -> Result<Self, String> {
+        Self::with_options(
+            ordinal,
+            GpuOptions {
+                tf32,
+                deterministic: false,
+            },
+        )
+    }
+
+    /// As [`CudaEngine::new`], with the math `options` choose (each also switched on by its
+    /// environment variable, `CREMA_TF32=1` and `CREMA_DETERMINISTIC=1`).
+    pub fn with_options(ordinal: usize, options: GpuOptions) -> Result<Self, String> {
+        let tf32 = options.tf32;
+        let env_on = |k: &str| std::env::var(k).is_ok_and(|v| v == "1");
+        let deterministic = options.deterministic || env_on("CREMA_DETERMINISTIC");
         let n = device_count()?;
         if ordinal >= n {
             return Err(format!(
@@ -215,9 +243,20 @@ impl CudaEngine {
             ctx,
             ordinal,
             strict_fp32,
+            deterministic,
             seed: Cell::new(0x5eed),
             draws: Cell::new(0),
         })
+    }
+
+    /// The stream every operation of this engine runs on, in order.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// The GPU's index.
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
     }
 
     /// Device address of a buffer's first element.
@@ -277,7 +316,12 @@ impl CudaEngine {
         // Budget: half of what is free now, at most 4 GiB, shared by all directions.
         let free = self.ctx.mem_get_info().map(|(f, _)| f).unwrap_or(0);
         let limit = (free / 2).min(4 << 30);
-        let plan = ConvPlan::new(&self.dnn, g, self.strict_fp32, limit)
+        let policy = conv::Policy {
+            strict: self.strict_fp32,
+            deterministic: self.deterministic,
+            limit,
+        };
+        let plan = ConvPlan::new(&self.dnn, g, policy)
             .unwrap_or_else(|e| panic!("cuDNN: planning convolution {g:?}: {e}"));
         tracing::debug!("cuDNN algorithms for {g:?}: {}", plan.describe());
         let plan = Rc::new(plan);
