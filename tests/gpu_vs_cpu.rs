@@ -1044,6 +1044,32 @@ mod gpu {
             .find_map(|v| v.split_whitespace().next()?.parse().ok())
     }
 
+    /// A net's `precision` field switches the engine's math; `--tf32` (forced) is not undone.
+    #[test]
+    fn the_nets_precision_field_chooses_the_math() {
+        use crema::net::{Net, State};
+        let Some(g) = gpu() else { return };
+        let g: std::rc::Rc<dyn Engine> = std::rc::Rc::new(g);
+        let net = |precision: &str| {
+            let text = format!(
+                "name: \"p\" {precision}\nlayer {{ name: \"x\" type: \"Input\" top: \"x\" input_param {{ shape {{ dim: 2 dim: 3 }} }} }}\n\
+                 layer {{ name: \"ip\" type: \"InnerProduct\" bottom: \"x\" top: \"y\" inner_product_param {{ num_output: 2 }} }}"
+            );
+            let p = crema_proto::parse_text(&text, "p.prototxt", "caffe.NetParameter").unwrap();
+            Net::new(&p, &State::phase(Phase::Test), g.clone()).unwrap();
+        };
+        assert!(!g.tf32(), "strict fp32 by default");
+        net("precision: TF32");
+        assert!(g.tf32());
+        net("");
+        assert!(g.tf32(), "a net without the field leaves the math as it is");
+        net("precision: STRICT_FP32");
+        assert!(!g.tf32());
+        let forced = CudaEngine::with_tf32(0, true).unwrap();
+        forced.set_tf32(false);
+        assert!(forced.tf32(), "--tf32 wins over a net's STRICT_FP32");
+    }
+
     #[test]
     fn lenet_trains_alike_on_cpu_and_gpu() {
         if gpu().is_none() {

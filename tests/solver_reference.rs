@@ -197,10 +197,14 @@ fn reference_with_rates(c: &Case, steps: i32, rate_at: impl Fn(i32) -> f64) -> V
 
 /// Runs crema's solver one iteration at a time; (w, b) after each.
 fn crema_steps(name: &str, solver_text: &str, steps: i32) -> Vec<[f64; 2]> {
+    crema_steps_of(name, solver_text, NET, steps)
+}
+
+fn crema_steps_of(name: &str, solver_text: &str, net: &str, steps: i32) -> Vec<[f64; 2]> {
     let text = format!(
         "{solver_text} weight_decay: {WEIGHT_DECAY} lr_policy: \"step\" gamma: {GAMMA} stepsize: {STEPSIZE} \
          max_iter: 100 display: 0 snapshot_after_train: false random_seed: 1 \
-         net_param {{ {NET} }}"
+         net_param {{ {net} }}"
     );
     let param: SolverParameter =
         crema_proto::parse_text(&text, name, "caffe.SolverParameter").unwrap();
@@ -272,6 +276,20 @@ fn warmup_and_min_lr_set_the_rate_of_each_step() {
     let want = reference_with_rates(sgd, 3, |i| rates[i as usize]);
     assert_close("SGD with warmup and min_lr", &got, &want);
     assert_ne!(got, crema_steps("SGD", sgd.text, 3));
+}
+
+/// crema's net-level `precision` field parses, and the CPU engine (always fp32) ignores it.
+#[test]
+fn the_precision_field_leaves_cpu_training_alone() {
+    let sgd = &CASES[0];
+    for p in ["TF32", "STRICT_FP32"] {
+        let net = format!("precision: {p} {NET}");
+        assert_eq!(
+            crema_steps_of("SGD", sgd.text, &net, 3),
+            crema_steps("SGD", sgd.text, 3),
+            "{p}"
+        );
+    }
 }
 
 /// The legacy `solver_type` enum selects the same rules as `type`.

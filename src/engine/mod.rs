@@ -186,6 +186,9 @@ pub trait Engine {
     fn tf32(&self) -> bool {
         false
     }
+    /// A net asks for TF32 (`true`) or strict fp32 math (its `precision` field); engines without
+    /// TF32 ignore it, and a TF32 setting forced from the command line stays.
+    fn set_tf32(&self, _on: bool) {}
 
     // ---- memory ----
     /// A zero-filled buffer of `n` elements.

@@ -64,11 +64,22 @@ impl Net {
     /// Builds a net for a state from a parsed NetParameter (filtering, splits, setup).
     pub fn new(param: &NetParameter, state: &State, engine: Rc<dyn Engine>) -> Result<Net> {
         let param = crate::upgrade::upgrade_net(param)?;
+        let precision = param.precision;
         let state = state.merged_with(param.state.as_ref());
         let filtered = filter_net(&param, &state)?;
         let param = insert_splits(&filtered);
         let name = param.name().to_string();
         info!("Initializing net `{name}` for phase {}", state.phase.name());
+        if let Some(p) = precision {
+            let tf32 = p == crema_proto::caffe::net_parameter::Precision::Tf32 as i32;
+            engine.set_tf32(tf32);
+            info!(
+                "precision: {} asked by the net; {} math on {}",
+                if tf32 { "TF32" } else { "STRICT_FP32" },
+                if engine.tf32() { "TF32" } else { "strict fp32" },
+                engine.name()
+            );
+        }
         let mut net = Net {
             name,
             phase: state.phase,

@@ -28,7 +28,8 @@ pub use loader::ensure_libraries;
 /// Runs every operation on one NVIDIA GPU.
 pub struct CudaEngine {
     // Field order is drop order: device memory and descriptors before the handles and context.
-    plans: RefCell<HashMap<ConvGeom, Rc<ConvPlan>>>,
+    /// Algorithms chosen per geometry and math (strict fp32 or not).
+    plans: RefCell<HashMap<(ConvGeom, bool), Rc<ConvPlan>>>,
     workspace: RefCell<Option<CudaSlice<u8>>>,
     kernels: Kernels,
     dnn: conv::Handle,
@@ -36,7 +37,10 @@ pub struct CudaEngine {
     stream: Arc<CudaStream>,
     ctx: Arc<CudaContext>,
     ordinal: usize,
-    strict_fp32: bool,
+    /// Strict fp32 (Caffe's math) or TF32, as last chosen; see [`Engine::set_tf32`].
+    strict_fp32: Cell<bool>,
+    /// TF32 asked for by the command line or CREMA_TF32: a net's STRICT_FP32 does not undo it.
+    forced_tf32: bool,
     deterministic: bool,
     seed: Cell<u64>,
     draws: Cell<u64>,
@@ -144,6 +148,19 @@ fn keep_freed_memory(ctx: &CudaContext) {
     }
 }
 
+/// Strict fp32 gemms, or TF32 tensor-core gemms.
+fn set_blas_math(blas: &CudaBlas, strict: bool) -> Result<(), String> {
+    let mode = if strict {
+        blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH
+    } else {
+        blas_sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
+    };
+    // SAFETY: `blas` holds a live handle.
+    unsafe { blas_sys::cublasSetMathMode(*blas.handle(), mode) }
+        .result()
+        .map_err(|e| format!("cublasSetMathMode: {e}"))
+}
+
 /// The (kind, p0, p1, p2) an activation passes to kernels/activation.cu.
 fn act_code(f: Activation) -> (i32, f32, f32, f32) {
     match f {
@@ -220,17 +237,9 @@ impl CudaEngine {
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
         keep_freed_memory(&ctx);
-        let strict_fp32 = !tf32 && std::env::var("CREMA_TF32").map_or(true, |v| v != "1");
+        let forced_tf32 = tf32 || env_on("CREMA_TF32");
         let blas = CudaBlas::new(stream.clone()).map_err(|e| format!("cublasCreate: {e}"))?;
-        let mode = if strict_fp32 {
-            blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH
-        } else {
-            blas_sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
-        };
-        // SAFETY: `blas` holds a live handle.
-        unsafe { blas_sys::cublasSetMathMode(*blas.handle(), mode) }
-            .result()
-            .map_err(|e| format!("cublasSetMathMode: {e}"))?;
+        set_blas_math(&blas, !forced_tf32)?;
         let dnn = conv::Handle::new(stream.cu_stream() as _)?;
         let kernels = Kernels::load(&ctx)?;
         Ok(CudaEngine {
@@ -242,7 +251,8 @@ impl CudaEngine {
             stream,
             ctx,
             ordinal,
-            strict_fp32,
+            strict_fp32: Cell::new(!forced_tf32),
+            forced_tf32,
             deterministic,
             seed: Cell::new(0x5eed),
             draws: Cell::new(0),
@@ -309,7 +319,8 @@ impl CudaEngine {
 
     /// The cached plan of a convolution geometry, choosing algorithms on first use.
     fn plan(&self, g: &ConvGeom) -> Rc<ConvPlan> {
-        if let Some(p) = self.plans.borrow().get(g) {
+        let key = (*g, self.strict_fp32.get());
+        if let Some(p) = self.plans.borrow().get(&key) {
             return p.clone();
         }
         self.bind();
@@ -317,7 +328,7 @@ impl CudaEngine {
         let free = self.ctx.mem_get_info().map(|(f, _)| f).unwrap_or(0);
         let limit = (free / 2).min(4 << 30);
         let policy = conv::Policy {
-            strict: self.strict_fp32,
+            strict: self.strict_fp32.get(),
             deterministic: self.deterministic,
             limit,
         };
@@ -325,7 +336,7 @@ impl CudaEngine {
             .unwrap_or_else(|e| panic!("cuDNN: planning convolution {g:?}: {e}"));
         tracing::debug!("cuDNN algorithms for {g:?}: {}", plan.describe());
         let plan = Rc::new(plan);
-        self.plans.borrow_mut().insert(*g, plan.clone());
+        self.plans.borrow_mut().insert(key, plan.clone());
         plan
     }
 
@@ -1301,7 +1312,18 @@ impl Engine for CudaEngine {
     }
 
     fn tf32(&self) -> bool {
-        !self.strict_fp32
+        !self.strict_fp32.get()
+    }
+
+    fn set_tf32(&self, on: bool) {
+        let strict = !(on || self.forced_tf32);
+        if strict == self.strict_fp32.get() {
+            return;
+        }
+        self.bind();
+        set_blas_math(&self.blas, strict)
+            .unwrap_or_else(|e| panic!("CUDA on GPU {}: {e}", self.ordinal));
+        self.strict_fp32.set(strict);
     }
 
     fn synchronize(&self) {
