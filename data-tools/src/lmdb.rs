@@ -1,6 +1,7 @@
 //! LMDBs of serialized `Datum`, laid out as Caffe lays them out: a directory holding
 //! `data.mdb` and `lock.mdb`, one unnamed database, keys sorted bytewise.
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::path::{Path, PathBuf};
 
 use ::lmdb::{Cursor, Database, Environment, EnvironmentFlags, Transaction, WriteFlags};
@@ -193,7 +194,41 @@ fn prepare_output_dir(path: &Path, overwrite: bool) -> Result<()> {
 }
 
 /// Opens an existing LMDB environment read-only, with errors that name the path.
-pub(crate) fn open_read_only(path: &Path) -> Result<(Environment, Database)> {
+/// Opens an LMDB for reading, sharing one environment among all readers of the same database in
+/// this process. LMDB must not be opened twice by one process: closing one handle drops the
+/// other's file locks, and a later open may then reset the lock file under a live reader (seen as
+/// a database that suddenly reads as empty when data-parallel workers open it at once).
+pub(crate) fn open_read_only(path: &Path) -> Result<(SharedEnv, Database)> {
+    type Open = HashMap<PathBuf, Weak<(Environment, Database)>>;
+    static OPEN: OnceLock<Mutex<Open>> = OnceLock::new();
+    let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut open = OPEN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(shared) = open.get(&key).and_then(Weak::upgrade) {
+        let db = shared.1;
+        return Ok((SharedEnv(shared), db));
+    }
+    open.retain(|_, w| w.strong_count() > 0);
+    let (env, db) = open_environment(path)?;
+    let shared = Arc::new((env, db));
+    open.insert(key, Arc::downgrade(&shared));
+    Ok((SharedEnv(shared), db))
+}
+
+/// A read-only environment shared by every reader of one database in this process.
+#[derive(Clone)]
+pub(crate) struct SharedEnv(Arc<(Environment, Database)>);
+
+impl std::ops::Deref for SharedEnv {
+    type Target = Environment;
+    fn deref(&self) -> &Environment {
+        &self.0 .0
+    }
+}
+
+fn open_environment(path: &Path) -> Result<(Environment, Database)> {
     if !path.exists() {
         return Err(DataError::DbMissing {
             path: path.to_path_buf(),
@@ -254,7 +289,7 @@ pub(crate) fn parse_datum(path: &Path, key: &[u8], value: &[u8]) -> Result<Datum
 /// Reads Datums in key order forever, starting over at the first after the last (as Caffe's
 /// Data layer does). Holds no transaction between calls, so it can move to a prefetch thread.
 pub struct DatumReader {
-    env: Environment,
+    env: SharedEnv,
     db: Database,
     path: PathBuf,
     len: usize,
