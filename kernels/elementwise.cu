@@ -144,3 +144,53 @@ extern "C" __global__ void dropout_f32(u64 n, float ratio, float scale, u64 seed
     y[i] = x[i] * m;
   }
 }
+
+// ---- Many tensors in one launch (the solver's update and gradient clearing) ----
+// A table of `count` entries of 5 u64 each: data, diff, history addresses, the entry's first
+// element in the concatenated index space, and lr_mult | decay_mult << 32 (f32 bits). Element i of
+// the concatenation belongs to the last entry whose start is <= i.
+__device__ __forceinline__ unsigned many_find(const u64* table, unsigned count, u64 i) {
+  unsigned lo = 0, hi = count - 1;
+  while (lo < hi) {
+    unsigned mid = (lo + hi + 1) / 2;
+    if (table[5 * mid + 3] <= i) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+// Caffe's SGD step (sgd_solver.cpp's Normalize, Regularize, ComputeUpdateValue, then
+// Blob::Update) for every entry: g = diff * scale, plus decay * w (L2) or decay * sign(w) (L1);
+// diff = g; h = momentum * h + rate * g; w -= h. The same float operations as the per-tensor path.
+extern "C" __global__ void sgd_many_f32(u64 total, const u64* table, unsigned count, float rate, float momentum,
+                                        float weight_decay, int l1, float scale) {
+  CUDA_LOOP(i, total) {
+    unsigned t = many_find(table, count, i);
+    const u64* e = table + 5 * t;
+    float* w = (float*)e[0];
+    float* d = (float*)e[1];
+    float* h = (float*)e[2];
+    u64 k = i - e[3];
+    unsigned mults_lo = (unsigned)(e[4] & 0xffffffffull), mults_hi = (unsigned)(e[4] >> 32);
+    float lr_mult = __uint_as_float(mults_lo), decay_mult = __uint_as_float(mults_hi);
+    float g = d[k];
+    if (scale != 1.0f) g = scale * g;
+    float decay = weight_decay * decay_mult;
+    if (decay != 0.0f) {
+      float wk = w[k];
+      float reg = l1 ? (float)((wk > 0.0f) - (wk < 0.0f)) : wk;
+      g = decay * reg + 1.0f * g;
+    }
+    d[k] = g;
+    float v = momentum * h[k] + (rate * lr_mult) * g;
+    h[k] = v;
+    w[k] -= v;
+  }
+}
+
+// Sets every element of every entry's first address (data column of the table) to v.
+extern "C" __global__ void fill_many_f32(u64 total, const u64* table, unsigned count, float v) {
+  CUDA_LOOP(i, total) {
+    unsigned t = many_find(table, count, i);
+    ((float*)table[5 * t])[i - table[5 * t + 3]] = v;
+  }
+}

@@ -247,6 +247,63 @@ mod gpu {
         p.check("sgd_update weights", &w, TOL);
     }
 
+    /// The GPU's fused SGD step over several parameters (one launch) against the CPU engine's
+    /// per-parameter path (scale, decay, momentum update), for L2 and L1 decay and iter_size 2;
+    /// and the fused fill that clears the gradients.
+    #[test]
+    fn fused_sgd_step_matches_the_per_parameter_path() {
+        use crema::engine::{SgdParam, SgdStep};
+        let Some(p) = Pair::new() else { return };
+        let mut r = Rng(7);
+        let sizes = [3usize, 1000, 1, 4097];
+        let mults = [(1.0f32, 1.0f32), (2.0, 0.0), (0.0, 1.0), (1.5, 0.5)];
+        for (l1, scale) in [(false, 1.0f32), (true, 0.5)] {
+            let mk = |r: &mut Rng| -> Vec<_> { sizes.iter().map(|&n| p.bufs(&r.vec(n, -1.0, 1.0))).collect() };
+            let (mut w, mut g, mut h) = (mk(&mut r), mk(&mut r), mk(&mut r));
+            let step = SgdStep { rate: 0.01, momentum: 0.9, weight_decay: 5e-4, l1, scale };
+            // CPU: Caffe's per-parameter order, as the solver runs it where no fused form exists.
+            for k in 0..sizes.len() {
+                let (lr_mult, decay_mult) = mults[k];
+                if scale != 1.0 {
+                    p.c.scale(scale, &mut g[k].0);
+                }
+                let decay = step.weight_decay * decay_mult;
+                if decay != 0.0 {
+                    if l1 {
+                        p.c.add_sign(decay, &w[k].0, &mut g[k].0);
+                    } else {
+                        p.c.axpby(decay, &w[k].0, 1.0, &mut g[k].0);
+                    }
+                }
+                p.c.sgd_update(step.rate * lr_mult, step.momentum, &g[k].0, &mut h[k].0, &mut w[k].0);
+            }
+            let mut params: Vec<SgdParam> = w
+                .iter_mut()
+                .zip(g.iter_mut())
+                .zip(h.iter_mut())
+                .zip(mults)
+                .map(|(((w, g), h), (lr_mult, decay_mult))| SgdParam {
+                    data: &mut w.1,
+                    diff: &mut g.1,
+                    history: &mut h.1,
+                    lr_mult,
+                    decay_mult,
+                })
+                .collect();
+            assert!(p.g.sgd_update_many(&mut params, step), "the CUDA engine has a fused SGD step");
+            for k in 0..sizes.len() {
+                p.check(&format!("fused sgd (l1 {l1}) data {k}"), &w[k], TOL);
+                p.check(&format!("fused sgd (l1 {l1}) diff {k}"), &g[k], TOL);
+                p.check(&format!("fused sgd (l1 {l1}) history {k}"), &h[k], TOL);
+            }
+            let mut bufs: Vec<&mut crema::engine::Buffer> = g.iter_mut().map(|b| &mut b.1).collect();
+            p.g.fill_many(0.0, &mut bufs);
+            for b in &g {
+                assert!(p.g.download(&b.1).iter().all(|v| *v == 0.0), "fill_many");
+            }
+        }
+    }
+
     #[test]
     fn gemm_all_transposes_with_offsets() {
         let Some(p) = Pair::new() else { return };

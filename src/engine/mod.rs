@@ -173,6 +173,27 @@ pub enum Activation {
     },
 }
 
+/// One parameter of a fused SGD step ([`Engine::sgd_update_many`]).
+pub struct SgdParam<'a> {
+    pub data: &'a mut Buffer,
+    pub diff: &'a mut Buffer,
+    pub history: &'a mut Buffer,
+    pub lr_mult: f32,
+    pub decay_mult: f32,
+}
+
+/// The settings shared by all parameters of a fused SGD step.
+#[derive(Debug, Clone, Copy)]
+pub struct SgdStep {
+    pub rate: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    /// L1 regularisation (else L2).
+    pub l1: bool,
+    /// Gradient scale applied first (1/iter_size).
+    pub scale: f32,
+}
+
 /// Operations a layer or solver may ask of the engine. Buffers carry the engine's own memory.
 ///
 /// Gradient outputs for parameters accumulate (`+=`), as Caffe's do, so `iter_size` and shared
@@ -384,6 +405,19 @@ pub trait Engine {
     // ---- solver updates ----
     /// SGD with momentum (Caffe): h = momentum h + lr g; w -= h. `g` already regularised.
     fn sgd_update(&self, lr: f32, momentum: f32, g: &Buffer, h: &mut Buffer, w: &mut Buffer);
+    /// The whole of Caffe's SGD step for many parameters in one pass, where the engine has a
+    /// fused form (false: it has none, and the solver goes parameter by parameter). For each:
+    /// g = diff · `s.scale` (1/iter_size), plus `weight_decay·decay_mult` · w (or · sign(w) when
+    /// `s.l1`); diff = g; h = momentum·h + rate·lr_mult·g; w −= h.
+    fn sgd_update_many(&self, _params: &mut [SgdParam<'_>], _s: SgdStep) -> bool {
+        false
+    }
+    /// Sets every element of several buffers to `value` (one launch on a GPU).
+    fn fill_many(&self, value: f32, bufs: &mut [&mut Buffer]) {
+        for b in bufs.iter_mut() {
+            self.fill(value, b);
+        }
+    }
 
     /// One step of an adaptive rule (Caffe's exact formulas, see [`UpdateRule`]). `h2` is the
     /// second history that AdaDelta and Adam keep. The default runs on the host: correct on any

@@ -436,9 +436,9 @@ impl Net {
 
     /// Zeroes every learnable parameter's gradient.
     pub fn clear_param_diffs(&self) {
-        for p in &self.params {
-            self.engine.fill(0.0, &mut p.blob.diff_mut());
-        }
+        let mut diffs: Vec<_> = self.params.iter().map(|p| p.blob.diff_mut()).collect();
+        let mut bufs: Vec<&mut crate::engine::Buffer> = diffs.iter_mut().map(|d| &mut **d).collect();
+        self.engine.fill_many(0.0, &mut bufs);
     }
 
     pub fn engine(&self) -> &Rc<dyn Engine> {

@@ -3,7 +3,7 @@
 pub mod lr;
 
 use crate::blob::BlobRef;
-use crate::engine::{Buffer, Engine, UpdateRule};
+use crate::engine::{Buffer, Engine, SgdParam, SgdStep, UpdateRule};
 use crate::layers::Phase;
 use crate::net::{Net, State};
 use crate::parallel::{Collective, Shard};
@@ -658,6 +658,37 @@ impl Solver {
         let iter_size = self.param.iter_size().max(1);
         let wd = self.param.weight_decay();
         let reg = self.param.regularization_type().to_string();
+        if !matches!(reg.as_str(), "L1" | "L2") {
+            bail!("unknown regularization_type `{reg}`; use L1 or L2");
+        }
+        // Plain SGD: one fused pass over all parameters where the engine has one.
+        if self.rule.update(&self.param, self.iter).is_none() {
+            let mut data: Vec<_> = params.iter().map(|(b, _, _)| b.data_mut()).collect();
+            let mut diff: Vec<_> = params.iter().map(|(b, _, _)| b.diff_mut()).collect();
+            let mut fused: Vec<SgdParam> = data
+                .iter_mut()
+                .zip(diff.iter_mut())
+                .zip(self.history.iter_mut())
+                .zip(&params)
+                .map(|(((d, g), h), (_, lr_mult, decay_mult))| SgdParam {
+                    data: d,
+                    diff: g,
+                    history: h,
+                    lr_mult: *lr_mult,
+                    decay_mult: *decay_mult,
+                })
+                .collect();
+            let step = SgdStep {
+                rate,
+                momentum: self.param.momentum(),
+                weight_decay: wd,
+                l1: reg == "L1",
+                scale: 1.0 / iter_size as f32,
+            };
+            if e.sgd_update_many(&mut fused, step) {
+                return Ok(());
+            }
+        }
         for (i, (b, lr_mult, decay_mult)) in params.iter().enumerate() {
             let mut diff = b.diff_mut();
             if iter_size > 1 {

@@ -13,7 +13,9 @@ mod loader;
 #[cfg(feature = "nccl")]
 pub mod nccl;
 
-use super::{composed, Activation, Buffer, ConvGeom, Engine, LrnParams, PoolGeom, PoolMethod};
+use super::{
+    composed, Activation, Buffer, ConvGeom, Engine, LrnParams, PoolGeom, PoolMethod, SgdParam, SgdStep,
+};
 use conv::ConvPlan;
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
@@ -31,6 +33,8 @@ pub struct CudaEngine {
     /// Algorithms chosen per geometry and math (strict fp32 or not).
     plans: RefCell<HashMap<(ConvGeom, bool), Rc<ConvPlan>>>,
     workspace: RefCell<Option<CudaSlice<u8>>>,
+    /// Device copies of [`CudaEngine::launch_many`]'s tables, by content.
+    tables: RefCell<HashMap<Vec<u64>, CudaSlice<u64>>>,
     kernels: Kernels,
     dnn: conv::Handle,
     blas: CudaBlas,
@@ -245,6 +249,7 @@ impl CudaEngine {
         Ok(CudaEngine {
             plans: RefCell::new(HashMap::new()),
             workspace: RefCell::new(None),
+            tables: RefCell::new(HashMap::new()),
             kernels,
             dnn,
             blas,
@@ -267,6 +272,35 @@ impl CudaEngine {
     /// The GPU's index.
     pub fn ordinal(&self) -> usize {
         self.ordinal
+    }
+
+    /// Launches a kernel over the concatenation of several tensors described by `table` (see
+    /// kernels/elementwise.cu). The table is uploaded once and kept: the solver passes the same
+    /// parameters every iteration, so later calls find it cached.
+    fn launch_many<const K: usize>(
+        &self,
+        name: &'static str,
+        total: usize,
+        table: Vec<[u64; 5]>,
+        args: impl FnOnce(u64) -> [Arg; K],
+    ) {
+        if total == 0 || table.is_empty() {
+            return;
+        }
+        let flat: Vec<u64> = table.into_iter().flatten().collect();
+        let mut tables = self.tables.borrow_mut();
+        if !tables.contains_key(&flat) {
+            if tables.len() >= 64 {
+                tables.clear(); // a net rebuilt many times: keep the cache small
+            }
+            let dev = self
+                .stream
+                .clone_htod(&flat)
+                .unwrap_or_else(|e| panic!("CUDA {name}: uploading its table: {e}"));
+            tables.insert(flat.clone(), dev);
+        }
+        let (ptr, _s) = tables[&flat].device_ptr(&self.stream);
+        self.launch(name, total, &args(ptr));
     }
 
     /// Device address of a buffer's first element.
@@ -1309,6 +1343,58 @@ impl Engine for CudaEngine {
             Arg::U64(self.p(w)),
         ];
         self.launch("sgd_update_f32", n, &args);
+    }
+
+    fn sgd_update_many(&self, params: &mut [SgdParam<'_>], s: SgdStep) -> bool {
+        let table: Vec<[u64; 5]> = {
+            let mut start = 0u64;
+            params
+                .iter()
+                .map(|p| {
+                    let e = [
+                        self.p(p.data),
+                        self.p(p.diff),
+                        self.p(p.history),
+                        start,
+                        p.lr_mult.to_bits() as u64 | (p.decay_mult.to_bits() as u64) << 32,
+                    ];
+                    start += p.data.len() as u64;
+                    e
+                })
+                .collect()
+        };
+        let total: usize = params.iter().map(|p| p.data.len()).sum();
+        let args = |t: u64| {
+            [
+                u(total),
+                Arg::U64(t),
+                Arg::I32(params.len() as i32),
+                f(s.rate),
+                f(s.momentum),
+                f(s.weight_decay),
+                Arg::I32(s.l1 as i32),
+                f(s.scale),
+            ]
+        };
+        self.launch_many("sgd_many_f32", total, table, args);
+        true
+    }
+
+    fn fill_many(&self, value: f32, bufs: &mut [&mut Buffer]) {
+        let mut start = 0u64;
+        let table: Vec<[u64; 5]> = bufs
+            .iter()
+            .map(|b| {
+                let e = [self.p(b), 0, 0, start, 0];
+                start += b.len() as u64;
+                e
+            })
+            .collect();
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let count = bufs.len() as i32;
+        self.launch_many("fill_many_f32", total, table, |t| {
+            [u(total), Arg::U64(t), Arg::I32(count), f(value)]
+        });
     }
 
     fn tf32(&self) -> bool {
