@@ -118,6 +118,73 @@ fn two_workers_with_half_batches_follow_the_single_worker_trajectory() {
     assert!(dir.path().join("single_iter_7.caffemodel").exists());
 }
 
+/// Runs `solver_text` on two CPU workers; `before` may adjust each worker's solver (signals).
+fn two_workers(
+    text: String,
+    resume: Option<std::path::PathBuf>,
+    before: impl Fn(&mut Solver) + Send + Sync + 'static,
+) -> Vec<(Vec<Vec<f32>>, i32)> {
+    let groups = Arc::new(Mutex::new(HostGroup::new(2).into_iter().map(Some).collect::<Vec<_>>()));
+    run_threads(2, 0, 2, move |shard| {
+        let mut s = solver(&text);
+        let g = groups.lock().unwrap()[shard.rank].take().unwrap();
+        s.set_collective(Box::new(g))?;
+        before(&mut s);
+        s.solve(resume.as_deref())?;
+        Ok((weights(&s), s.iter()))
+    })
+    .unwrap()
+}
+
+/// A data-parallel run resumed from its iteration-4 snapshot ends where the uninterrupted run
+/// does: every worker restores the same state and skips its own share of the consumed data.
+#[test]
+fn two_workers_resume_from_a_snapshot_on_the_same_trajectory() {
+    let dir = tempfile::tempdir().unwrap();
+    let lmdb = dir.path().join("lmdb");
+    write_lmdb(&lmdb);
+    let text = solver_text(&lmdb, 8, &dir.path().join("dp"))
+        .replace("snapshot: 0 snapshot_after_train: true", "snapshot: 4 snapshot_after_train: false");
+    let whole = two_workers(text.clone(), None, |_| {});
+    let state = dir.path().join("dp_iter_4.solverstate");
+    assert!(state.exists());
+    let resumed = two_workers(text, Some(state), |_| {});
+    assert_eq!(resumed[0].1, 7);
+    assert_eq!(resumed[0].0, resumed[1].0);
+    let worst = whole[0]
+        .0
+        .iter()
+        .flatten()
+        .zip(resumed[0].0.iter().flatten())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-6, "the resumed run differs by {worst}");
+}
+
+/// SIGINT reaching one worker stops both after the same iteration (they agree every step), and
+/// rank 0 snapshots there.
+#[test]
+fn a_stop_signal_on_one_worker_stops_every_worker_at_the_same_iteration() {
+    use crema::solver::{SignalEffect, Signals};
+    use std::sync::atomic::AtomicBool;
+    let dir = tempfile::tempdir().unwrap();
+    let lmdb = dir.path().join("lmdb");
+    write_lmdb(&lmdb);
+    let text = solver_text(&lmdb, 8, &dir.path().join("sig"));
+    let ends = two_workers(text, None, |s| {
+        let raised = s.shard().rank == 1;
+        s.set_signals(Signals {
+            sigint: Arc::new(AtomicBool::new(raised)),
+            sighup: Arc::new(AtomicBool::new(false)),
+            sigint_effect: Some(SignalEffect::Stop),
+            sighup_effect: Some(SignalEffect::Snapshot),
+        });
+    });
+    assert_eq!((ends[0].1, ends[1].1), (1, 1), "both stop after the first iteration");
+    assert_eq!(ends[0].0, ends[1].0);
+    assert!(dir.path().join("sig_iter_1.caffemodel").exists());
+}
+
 #[test]
 fn a_worker_must_join_with_the_rank_it_was_built_as() {
     let dir = tempfile::tempdir().unwrap();
