@@ -278,7 +278,7 @@ fn open_environment(path: &Path) -> Result<(Environment, Database)> {
 }
 
 /// Parses an LMDB value as a Datum, naming the database and key on failure.
-pub(crate) fn parse_datum(path: &Path, key: &[u8], value: &[u8]) -> Result<Datum> {
+pub fn parse_datum(path: &Path, key: &[u8], value: &[u8]) -> Result<Datum> {
     Datum::decode(value).map_err(|e| DataError::BadDatum {
         path: path.to_path_buf(),
         key: String::from_utf8_lossy(key).into_owned(),
@@ -356,6 +356,14 @@ impl DatumReader {
         let (key, value) = self.next_raw()?;
         let datum = parse_datum(&self.path, &key, &value)?;
         Ok((String::from_utf8_lossy(&key).into_owned(), datum))
+    }
+
+    /// The next entry's key and undecoded value, wrapping around like
+    /// [`DatumReader::next_datum`]: reading stays cheap on the reading thread, and the value can
+    /// be parsed ([`parse_datum`]) elsewhere, several at once.
+    pub fn next_raw_entry(&mut self) -> Result<(String, Vec<u8>)> {
+        let (key, value) = self.next_raw()?;
+        Ok((String::from_utf8_lossy(&key).into_owned(), value))
     }
 
     /// Skips `n` entries (wrapping around), e.g. to give each solver rank its own offset.
