@@ -74,6 +74,36 @@ fn reads_bgr_chw_in_list_order_and_wraps() {
     assert!(n.data_wait().is_some());
 }
 
+/// Data-parallel workers share the list: worker r of 2 reads images r, r+2, ... in training
+/// (with `shuffle`, one order shared by both, so together they see each image once per epoch);
+/// test nets run on one worker and read every image.
+#[test]
+fn training_workers_read_their_share_of_the_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dataset(dir.path());
+    let root = dir.path().display().to_string();
+    let labels_of = |rank: usize, extra: &'static str, phase: Phase| {
+        let text = image_data_net(&list, &root, extra, "");
+        std::thread::spawn(move || {
+            crema::parallel::set_shard(crema::parallel::Shard { rank, count: 2 });
+            let mut n = net(&text, phase).unwrap();
+            let (_, _, a) = forward(&mut n);
+            let (_, _, b) = forward(&mut n);
+            [a, b].concat()
+        })
+        .join()
+        .unwrap()
+    };
+    // Labels are 5 - k for image k.
+    assert_eq!(labels_of(0, "batch_size: 2", Phase::Train), [5.0, 3.0, 1.0, 5.0]);
+    assert_eq!(labels_of(1, "batch_size: 2", Phase::Train), [4.0, 2.0, 0.0, 4.0]);
+    assert_eq!(labels_of(1, "batch_size: 2", Phase::Test), [5.0, 4.0, 3.0, 2.0]);
+    let first_epoch = |rank| labels_of(rank, "batch_size: 3 shuffle: true", Phase::Train)[..3].to_vec();
+    let mut both = [first_epoch(0), first_epoch(1)].concat();
+    both.sort_by(f32::total_cmp);
+    assert_eq!(both, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+}
+
 #[test]
 fn resizes_reads_grey_and_applies_the_transform() {
     let dir = tempfile::tempdir().unwrap();
