@@ -19,3 +19,11 @@ for mode in strict tf32; do
   "$CREMA" bench --gpu 0 --torch "$OUT/torch.jsonl" --iterations "${ITERATIONS:-20}" 2>"$OUT/bench_$mode.log" \
     || { echo "crema bench failed:"; tail -5 "$OUT/bench_$mode.log"; }
 done
+# With several GPUs, the data-parallel scaling table of BENCHMARKS.md (TF32, same batch per GPU).
+GPUS=$(nvidia-smi -L 2>/dev/null | wc -l)
+if [ "${GPUS:-0}" -gt 1 ]; then
+  echo "== crema bench, data-parallel scaling on $GPUS GPUs"
+  NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0} "$CREMA" bench --gpu all --tf32 --iterations "${ITERATIONS:-20}" \
+    models/caffenet/deploy.prototxt:256 models/resnet50/deploy.prototxt:64 models/googlenet/deploy.prototxt:128 \
+    2>"$OUT/bench_scaling.log" || { echo "crema bench --gpu all failed:"; tail -5 "$OUT/bench_scaling.log"; }
+fi
