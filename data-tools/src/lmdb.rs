@@ -294,8 +294,12 @@ pub struct DatumReader {
     path: PathBuf,
     len: usize,
     buf: VecDeque<(Vec<u8>, Vec<u8>)>,
-    /// The last key copied into `buf`; the next batch starts after it.
+    /// The last key visited (copied or passed over); the next batch starts after it.
     last_key: Option<Vec<u8>>,
+    /// Keep one entry, then pass over `stride - 1` (see [`DatumReader::set_stride`]).
+    stride: usize,
+    /// Entries still to pass over before the next one is kept.
+    pass_over: usize,
 }
 
 impl DatumReader {
@@ -318,6 +322,8 @@ impl DatumReader {
             len,
             buf: VecDeque::new(),
             last_key: None,
+            stride: 1,
+            pass_over: 0,
         })
     }
 
@@ -366,21 +372,36 @@ impl DatumReader {
         Ok((String::from_utf8_lossy(&key).into_owned(), value))
     }
 
-    /// Skips `n` entries (wrapping around), e.g. to give each solver rank its own offset.
+    /// Skips `n` of the entries this reader would return (wrapping around), e.g. to give each
+    /// solver rank its own offset. Entries not yet read are passed over without being copied.
     pub fn skip(&mut self, n: usize) -> Result<()> {
-        for _ in 0..n % self.len {
-            self.next_raw()?;
+        let mut n = n;
+        while n > 0 && self.buf.pop_front().is_some() {
+            n -= 1;
         }
+        self.pass_over = (self.pass_over + n % self.len * self.stride) % self.len;
         Ok(())
     }
 
+    /// From now on, returns one entry, then passes over `stride - 1` without copying them, and so
+    /// on around the database: with [`DatumReader::skip`]`(r)` first, worker `r` of `stride` reads
+    /// entries r, r + stride, r + 2 stride, ... (modulo the length), as Caffe shards data.
+    pub fn set_stride(&mut self, stride: usize) {
+        self.stride = stride.max(1);
+    }
+
     fn next_raw(&mut self) -> Result<(Vec<u8>, Vec<u8>)> {
-        if self.buf.is_empty() {
+        // Each pass over the database keeps at least one entry unless more than a length is
+        // still to be passed over; a few passes always suffice.
+        let passes = 2 + (self.pass_over + self.stride) / self.len.max(1);
+        for _ in 0..passes {
+            if let Some(entry) = self.buf.pop_front() {
+                return Ok(entry);
+            }
             self.fill()?;
             if self.buf.is_empty() {
                 // Reached the end: start over from the first key.
                 self.last_key = None;
-                self.fill()?;
             }
         }
         self.buf.pop_front().ok_or_else(|| DataError::EmptyDb {
@@ -402,18 +423,25 @@ impl DatumReader {
             Some(key) => cursor.iter_from(key),
             None => cursor.iter_start(),
         };
+        let mut visited: Option<Vec<u8>> = None;
         for item in iter {
             let (key, value) = item.map_err(|e| DataError::lmdb(path, "read", e))?;
             if self.last_key.as_deref() == Some(key) {
                 continue;
             }
+            visited = Some(key.to_vec());
+            if self.pass_over > 0 {
+                self.pass_over -= 1;
+                continue;
+            }
             self.buf.push_back((key.to_vec(), value.to_vec()));
+            self.pass_over = self.stride - 1;
             if self.buf.len() >= READ_BATCH {
                 break;
             }
         }
-        if let Some((key, _)) = self.buf.back() {
-            self.last_key = Some(key.clone());
+        if visited.is_some() {
+            self.last_key = visited;
         }
         Ok(())
     }
@@ -476,6 +504,35 @@ mod tests {
         assert_eq!(r.next_datum().unwrap().label(), 0);
         r.skip(10).unwrap();
         assert_eq!(r.next_entry().unwrap().0, "00000011");
+    }
+
+    #[test]
+    fn strided_readers_share_the_database_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let mut w = DatumWriter::create(&path, false).unwrap();
+        for i in 0..5 {
+            w.put(&format!("{i:08}"), &datum(i)).unwrap();
+        }
+        w.finish().unwrap();
+        let read = |offset: usize, stride: usize, n: usize| -> Vec<i32> {
+            let mut r = DatumReader::open(&path).unwrap();
+            r.skip(offset).unwrap();
+            r.set_stride(stride);
+            (0..n).map(|_| r.next_datum().unwrap().label()).collect()
+        };
+        // Global positions r, r+2, ... modulo 5.
+        assert_eq!(read(0, 2, 6), [0, 2, 4, 1, 3, 0]);
+        assert_eq!(read(1, 2, 6), [1, 3, 0, 2, 4, 1]);
+        assert_eq!(read(2, 3, 4), [2, 0, 3, 1]);
+        // More workers than entries still works.
+        assert_eq!(read(6, 7, 3), [1, 3, 0]);
+        // skip counts the reader's own entries once strided.
+        let mut r = DatumReader::open(&path).unwrap();
+        r.set_stride(2);
+        assert_eq!(r.next_datum().unwrap().label(), 0);
+        r.skip(2).unwrap();
+        assert_eq!(r.next_datum().unwrap().label(), 1); // passed over 2 and 4
     }
 
     #[test]

@@ -61,7 +61,8 @@ impl DataLayer {
             crate::parallel::Shard::default()
         };
         reader.skip(skip * shard.count + shard.rank)?;
-        let others = shard.count - 1;
+        // The other workers' items are passed over in the LMDB without being copied.
+        reader.set_stride(shard.count);
         let transformer = Transformer::new(&self.transform, self.train, crate::rng::next_seed())?;
         let (force_color, force_gray) = (self.transform.force_color(), self.transform.force_gray());
         let source = PathBuf::from(self.p.source());
@@ -74,7 +75,6 @@ impl DataLayer {
             // copy of every pixel) and decoding run on all cores.
             Box::new(move || {
                 let (key, value) = reader.next_raw_entry().map_err(|e| e.to_string())?;
-                reader.skip(others).map_err(|e| e.to_string())?;
                 Ok((key.clone(), (key, value)))
             }),
             Box::new(move |(key, value)| {
