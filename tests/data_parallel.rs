@@ -20,7 +20,9 @@ fn write_lmdb(path: &Path) {
     for i in 0..96 {
         let pixels: Vec<u8> = (0..64)
             .map(|_| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 (state >> 56) as u8
             })
             .collect();
@@ -69,7 +71,13 @@ snapshot: 0 snapshot_after_train: true snapshot_prefix: "{prefix}"
 
 fn solver(text: &str) -> Solver {
     let param = crema_proto::parse_text(text, "test.prototxt", "caffe.SolverParameter").unwrap();
-    Solver::new(param, None, Rc::new(CpuEngine::new()), &NetChoices::default()).unwrap()
+    Solver::new(
+        param,
+        None,
+        Rc::new(CpuEngine::new()),
+        &NetChoices::default(),
+    )
+    .unwrap()
 }
 
 fn weights(s: &Solver) -> Vec<Vec<f32>> {
@@ -92,7 +100,9 @@ fn two_workers_with_half_batches_follow_the_single_worker_trajectory() {
     let expected = weights(&single);
 
     let text = solver_text(&lmdb, 8, &dir.path().join("dp"));
-    let groups = Arc::new(Mutex::new(HostGroup::new(2).into_iter().map(Some).collect::<Vec<_>>()));
+    let groups = Arc::new(Mutex::new(
+        HostGroup::new(2).into_iter().map(Some).collect::<Vec<_>>(),
+    ));
     let results = run_threads(2, 0, 2, move |shard| {
         let mut s = solver(&text);
         let g = groups.lock().unwrap()[shard.rank].take().unwrap();
@@ -124,7 +134,9 @@ fn two_workers(
     resume: Option<std::path::PathBuf>,
     before: impl Fn(&mut Solver) + Send + Sync + 'static,
 ) -> Vec<(Vec<Vec<f32>>, i32)> {
-    let groups = Arc::new(Mutex::new(HostGroup::new(2).into_iter().map(Some).collect::<Vec<_>>()));
+    let groups = Arc::new(Mutex::new(
+        HostGroup::new(2).into_iter().map(Some).collect::<Vec<_>>(),
+    ));
     run_threads(2, 0, 2, move |shard| {
         let mut s = solver(&text);
         let g = groups.lock().unwrap()[shard.rank].take().unwrap();
@@ -143,8 +155,10 @@ fn two_workers_resume_from_a_snapshot_on_the_same_trajectory() {
     let dir = tempfile::tempdir().unwrap();
     let lmdb = dir.path().join("lmdb");
     write_lmdb(&lmdb);
-    let text = solver_text(&lmdb, 8, &dir.path().join("dp"))
-        .replace("snapshot: 0 snapshot_after_train: true", "snapshot: 4 snapshot_after_train: false");
+    let text = solver_text(&lmdb, 8, &dir.path().join("dp")).replace(
+        "snapshot: 0 snapshot_after_train: true",
+        "snapshot: 4 snapshot_after_train: false",
+    );
     let whole = two_workers(text.clone(), None, |_| {});
     let state = dir.path().join("dp_iter_4.solverstate");
     assert!(state.exists());
@@ -180,7 +194,11 @@ fn a_stop_signal_on_one_worker_stops_every_worker_at_the_same_iteration() {
             sighup_effect: Some(SignalEffect::Snapshot),
         });
     });
-    assert_eq!((ends[0].1, ends[1].1), (1, 1), "both stop after the first iteration");
+    assert_eq!(
+        (ends[0].1, ends[1].1),
+        (1, 1),
+        "both stop after the first iteration"
+    );
     assert_eq!(ends[0].0, ends[1].0);
     assert!(dir.path().join("sig_iter_1.caffemodel").exists());
 }
@@ -229,7 +247,8 @@ fn two_gpus_with_half_batches_follow_one_gpu() {
     let lmdb = dir.path().join("lmdb");
     write_lmdb(&lmdb);
     let gpu_solver = |text: &str, engine: Rc<CudaEngine>| {
-        let param = crema_proto::parse_text(text, "test.prototxt", "caffe.SolverParameter").unwrap();
+        let param =
+            crema_proto::parse_text(text, "test.prototxt", "caffe.SolverParameter").unwrap();
         Solver::new(param, None, engine, &NetChoices::default())
     };
     let engine = Rc::new(CudaEngine::new(0).unwrap());
@@ -296,7 +315,14 @@ fn two_processes_give_the_loss_curve_of_one_process_on_two_gpus() {
     // --deterministic: cuDNN's algorithms are otherwise chosen by timing them, which may pick
     // different ones (rounding differently) in different runs.
     let one = Command::new(&bin)
-        .args(["train", "--solver", solver.to_str().unwrap(), "--gpu", "0,1", "--deterministic"])
+        .args([
+            "train",
+            "--solver",
+            solver.to_str().unwrap(),
+            "--gpu",
+            "0,1",
+            "--deterministic",
+        ])
         .output()
         .unwrap();
     let one_log = String::from_utf8_lossy(&one.stderr).to_string();
@@ -309,7 +335,14 @@ fn two_processes_give_the_loss_curve_of_one_process_on_two_gpus() {
         .to_string();
     let spawn = |rank: &str, gpu: &str| {
         Command::new(&bin)
-            .args(["train", "--solver", solver.to_str().unwrap(), "--gpu", gpu, "--deterministic"])
+            .args([
+                "train",
+                "--solver",
+                solver.to_str().unwrap(),
+                "--gpu",
+                gpu,
+                "--deterministic",
+            ])
             .env("CREMA_WORLD_SIZE", "2")
             .env("CREMA_RANK", rank)
             .env("CREMA_MASTER_ADDR", "127.0.0.1")
@@ -319,13 +352,22 @@ fn two_processes_give_the_loss_curve_of_one_process_on_two_gpus() {
             .unwrap()
     };
     let (r1, r0) = (spawn("1", "1"), spawn("0", "0"));
-    let (o0, o1) = (r0.wait_with_output().unwrap(), r1.wait_with_output().unwrap());
+    let (o0, o1) = (
+        r0.wait_with_output().unwrap(),
+        r1.wait_with_output().unwrap(),
+    );
     let log0 = String::from_utf8_lossy(&o0.stderr).to_string();
     let log1 = String::from_utf8_lossy(&o1.stderr).to_string();
-    assert!(o0.status.success() && o1.status.success(), "{log0}\n---\n{log1}");
+    assert!(
+        o0.status.success() && o1.status.success(),
+        "{log0}\n---\n{log1}"
+    );
     let (a, b) = (losses(&one_log), losses(&log0));
     println!("one process: {a:?}\ntwo processes: {b:?}");
     assert_eq!(a.len(), 7, "{one_log}");
     assert_eq!(a, b, "the loss curves differ");
-    assert!(losses(&log1).is_empty(), "rank 1 should not log training lines");
+    assert!(
+        losses(&log1).is_empty(),
+        "rank 1 should not log training lines"
+    );
 }

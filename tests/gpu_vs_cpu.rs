@@ -258,9 +258,20 @@ mod gpu {
         let sizes = [3usize, 1000, 1, 4097];
         let mults = [(1.0f32, 1.0f32), (2.0, 0.0), (0.0, 1.0), (1.5, 0.5)];
         for (l1, scale) in [(false, 1.0f32), (true, 0.5)] {
-            let mk = |r: &mut Rng| -> Vec<_> { sizes.iter().map(|&n| p.bufs(&r.vec(n, -1.0, 1.0))).collect() };
+            let mk = |r: &mut Rng| -> Vec<_> {
+                sizes
+                    .iter()
+                    .map(|&n| p.bufs(&r.vec(n, -1.0, 1.0)))
+                    .collect()
+            };
             let (mut w, mut g, mut h) = (mk(&mut r), mk(&mut r), mk(&mut r));
-            let step = SgdStep { rate: 0.01, momentum: 0.9, weight_decay: 5e-4, l1, scale };
+            let step = SgdStep {
+                rate: 0.01,
+                momentum: 0.9,
+                weight_decay: 5e-4,
+                l1,
+                scale,
+            };
             // CPU: Caffe's per-parameter order, as the solver runs it where no fused form exists.
             for k in 0..sizes.len() {
                 let (lr_mult, decay_mult) = mults[k];
@@ -275,7 +286,13 @@ mod gpu {
                         p.c.axpby(decay, &w[k].0, 1.0, &mut g[k].0);
                     }
                 }
-                p.c.sgd_update(step.rate * lr_mult, step.momentum, &g[k].0, &mut h[k].0, &mut w[k].0);
+                p.c.sgd_update(
+                    step.rate * lr_mult,
+                    step.momentum,
+                    &g[k].0,
+                    &mut h[k].0,
+                    &mut w[k].0,
+                );
             }
             let mut params: Vec<SgdParam> = w
                 .iter_mut()
@@ -290,13 +307,17 @@ mod gpu {
                     decay_mult,
                 })
                 .collect();
-            assert!(p.g.sgd_update_many(&mut params, step), "the CUDA engine has a fused SGD step");
+            assert!(
+                p.g.sgd_update_many(&mut params, step),
+                "the CUDA engine has a fused SGD step"
+            );
             for k in 0..sizes.len() {
                 p.check(&format!("fused sgd (l1 {l1}) data {k}"), &w[k], TOL);
                 p.check(&format!("fused sgd (l1 {l1}) diff {k}"), &g[k], TOL);
                 p.check(&format!("fused sgd (l1 {l1}) history {k}"), &h[k], TOL);
             }
-            let mut bufs: Vec<&mut crema::engine::Buffer> = g.iter_mut().map(|b| &mut b.1).collect();
+            let mut bufs: Vec<&mut crema::engine::Buffer> =
+                g.iter_mut().map(|b| &mut b.1).collect();
             p.g.fill_many(0.0, &mut bufs);
             for b in &g {
                 assert!(p.g.download(&b.1).iter().all(|v| *v == 0.0), "fill_many");

@@ -95,10 +95,20 @@ fn training_workers_read_their_share_of_the_list() {
         .unwrap()
     };
     // Labels are 5 - k for image k.
-    assert_eq!(labels_of(0, "batch_size: 2", Phase::Train), [5.0, 3.0, 1.0, 5.0]);
-    assert_eq!(labels_of(1, "batch_size: 2", Phase::Train), [4.0, 2.0, 0.0, 4.0]);
-    assert_eq!(labels_of(1, "batch_size: 2", Phase::Test), [5.0, 4.0, 3.0, 2.0]);
-    let first_epoch = |rank| labels_of(rank, "batch_size: 3 shuffle: true", Phase::Train)[..3].to_vec();
+    assert_eq!(
+        labels_of(0, "batch_size: 2", Phase::Train),
+        [5.0, 3.0, 1.0, 5.0]
+    );
+    assert_eq!(
+        labels_of(1, "batch_size: 2", Phase::Train),
+        [4.0, 2.0, 0.0, 4.0]
+    );
+    assert_eq!(
+        labels_of(1, "batch_size: 2", Phase::Test),
+        [5.0, 4.0, 3.0, 2.0]
+    );
+    let first_epoch =
+        |rank| labels_of(rank, "batch_size: 3 shuffle: true", Phase::Train)[..3].to_vec();
     let mut both = [first_epoch(0), first_epoch(1)].concat();
     both.sort_by(f32::total_cmp);
     assert_eq!(both, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);

@@ -1,8 +1,8 @@
 //! LMDBs of serialized `Datum`, laid out as Caffe lays them out: a directory holding
 //! `data.mdb` and `lock.mdb`, one unnamed database, keys sorted bytewise.
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use ::lmdb::{Cursor, Database, Environment, EnvironmentFlags, Transaction, WriteFlags};
 use crema_proto::caffe::Datum;

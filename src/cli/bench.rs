@@ -426,7 +426,8 @@ mod scaling {
             let mut base = None;
             for &n in &counts {
                 let options = args.engine.gpu_options();
-                let ms = time_workers(path, *batch, args.iterations.max(1), &devices[..n], options)?;
+                let ms =
+                    time_workers(path, *batch, args.iterations.max(1), &devices[..n], options)?;
                 let images = (n * batch) as f64 / (ms / 1e3);
                 let one = *base.get_or_insert(images);
                 println!(
@@ -488,6 +489,9 @@ mod scaling {
         devices: &[usize],
         _nets: &[(PathBuf, usize)],
     ) -> Result<(), Box<dyn std::error::Error>> {
-        Err(format!("timing GPUs {devices:?} together needs NCCL, and this build of crema has none").into())
+        Err(format!(
+            "timing GPUs {devices:?} together needs NCCL, and this build of crema has none"
+        )
+        .into())
     }
 }

@@ -62,13 +62,19 @@ pub fn engine(args: &EngineArgs, solver_device: Option<usize>) -> Result<Rc<dyn 
 fn parse_gpu(spec: &str) -> Result<usize, String> {
     let ids = gpu_ids(spec, || Ok(1))?;
     if ids.len() > 1 {
-        tracing::warn!("--gpu {spec}: this command runs on one GPU; using GPU {}", ids[0]);
+        tracing::warn!(
+            "--gpu {spec}: this command runs on one GPU; using GPU {}",
+            ids[0]
+        );
     }
     Ok(ids[0])
 }
 
 /// The devices `--gpu` names: `N`, `N,M,...` or `all` (every device `count` reports).
-pub fn gpu_ids(spec: &str, count: impl FnOnce() -> Result<usize, String>) -> Result<Vec<usize>, String> {
+pub fn gpu_ids(
+    spec: &str,
+    count: impl FnOnce() -> Result<usize, String>,
+) -> Result<Vec<usize>, String> {
     if spec.trim().eq_ignore_ascii_case("all") {
         let n = count().map_err(|e| format!("--gpu all: {e}"))?;
         if n == 0 {
@@ -78,9 +84,9 @@ pub fn gpu_ids(spec: &str, count: impl FnOnce() -> Result<usize, String>) -> Res
     }
     let mut ids = Vec::new();
     for part in spec.split(',').map(str::trim) {
-        let id = part
-            .parse::<usize>()
-            .map_err(|_| format!("--gpu `{spec}`: `{part}` is not a GPU id; give e.g. `0`, `0,1` or `all`"))?;
+        let id = part.parse::<usize>().map_err(|_| {
+            format!("--gpu `{spec}`: `{part}` is not a GPU id; give e.g. `0`, `0,1` or `all`")
+        })?;
         if ids.contains(&id) {
             return Err(format!("--gpu `{spec}` names GPU {id} twice"));
         }

@@ -142,9 +142,7 @@ mod parallel {
                 launch.master
             );
         }
-        let id = rendezvous::exchange(&launch, workers, || {
-            unique_id().map_err(crema::Error::msg)
-        })?;
+        let id = rendezvous::exchange(&launch, workers, || unique_id().map_err(crema::Error::msg))?;
         tracing::info!(
             "Training on {world} GPUs ({workers} in this process: {devices:?}): worker r takes items r, r+{world}, ... of the training data, so the effective batch is the net's batch x {world}"
         );

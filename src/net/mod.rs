@@ -437,7 +437,8 @@ impl Net {
     /// Zeroes every learnable parameter's gradient.
     pub fn clear_param_diffs(&self) {
         let mut diffs: Vec<_> = self.params.iter().map(|p| p.blob.diff_mut()).collect();
-        let mut bufs: Vec<&mut crate::engine::Buffer> = diffs.iter_mut().map(|d| &mut **d).collect();
+        let mut bufs: Vec<&mut crate::engine::Buffer> =
+            diffs.iter_mut().map(|d| &mut **d).collect();
         self.engine.fill_many(0.0, &mut bufs);
     }
 

@@ -181,11 +181,7 @@ impl Collective for HostGroup {
 
     fn max_u32(&self, value: u32) -> Result<u32> {
         let all = self.exchange(vec![value as f32], |slots| {
-            vec![slots
-                .iter()
-                .flatten()
-                .map(|s| s[0])
-                .fold(0.0f32, f32::max)]
+            vec![slots.iter().flatten().map(|s| s[0]).fold(0.0f32, f32::max)]
         })?;
         Ok(all[0] as u32)
     }
@@ -220,7 +216,10 @@ pub fn run_threads<T: Send + 'static>(
                             .cloned()
                             .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                             .unwrap_or_else(|| "unknown panic".into());
-                        Err(crate::Error::msg(format!("worker {} failed: {what}", shard.rank)))
+                        Err(crate::Error::msg(format!(
+                            "worker {} failed: {what}",
+                            shard.rank
+                        )))
                     });
                 let _ = tx.send((local, r));
             });

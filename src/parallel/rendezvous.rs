@@ -40,9 +40,9 @@ impl Launch {
             return Ok(None);
         };
         let num = |name: &str, v: &str| -> Result<usize> {
-            v.trim().parse::<usize>().map_err(|_| {
-                crate::Error::msg(format!("{name}=`{v}` is not a whole number"))
-            })
+            v.trim()
+                .parse::<usize>()
+                .map_err(|_| crate::Error::msg(format!("{name}=`{v}` is not a whole number")))
         };
         let processes = num("CREMA_WORLD_SIZE", &world)?;
         if processes == 0 {
@@ -64,9 +64,9 @@ impl Launch {
         };
         let master = match addr.matches(':').count() {
             0 => format!("{addr}:{port}"),
-            1 => addr,                                       // host:port
-            _ if addr.starts_with('[') => addr,              // [v6]:port
-            _ => format!("[{addr}]:{port}"),                 // a bare IPv6 address
+            1 => addr,                          // host:port
+            _ if addr.starts_with('[') => addr, // [v6]:port
+            _ => format!("[{addr}]:{port}"),    // a bare IPv6 address
         };
         let timeout = match get("CREMA_RENDEZVOUS_TIMEOUT") {
             Some(t) => Duration::from_secs(num("CREMA_RENDEZVOUS_TIMEOUT", &t)? as u64),
@@ -135,9 +135,11 @@ fn serve(launch: &Launch, workers: usize, payload: Vec<u8>) -> Result<Vec<u8>> {
         };
         stream.set_nonblocking(false).ok();
         stream.set_read_timeout(Some(Duration::from_secs(30))).ok();
-        let mut reader = BufReader::new(stream.try_clone().map_err(|e| {
-            crate::Error::msg(format!("rank 0: connection from {peer}: {e}"))
-        })?);
+        let mut reader = BufReader::new(
+            stream
+                .try_clone()
+                .map_err(|e| crate::Error::msg(format!("rank 0: connection from {peer}: {e}")))?,
+        );
         let mut line = String::new();
         if reader.read_line(&mut line).is_err() {
             continue; // not one of ours (a port scan, a stale client): ignore it
@@ -219,17 +221,28 @@ fn fetch(launch: &Launch, workers: usize) -> Result<Vec<u8>> {
         "{MAGIC} rank={} world={} workers={workers}",
         launch.rank, launch.processes
     )
-    .map_err(|e| crate::Error::msg(format!("rank {} writing to {}: {e}", launch.rank, launch.master)))?;
+    .map_err(|e| {
+        crate::Error::msg(format!(
+            "rank {} writing to {}: {e}",
+            launch.rank, launch.master
+        ))
+    })?;
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
-    reader
-        .read_line(&mut line)
-        .map_err(|e| crate::Error::msg(format!("rank {} reading from {}: {e}", launch.rank, launch.master)))?;
+    reader.read_line(&mut line).map_err(|e| {
+        crate::Error::msg(format!(
+            "rank {} reading from {}: {e}",
+            launch.rank, launch.master
+        ))
+    })?;
     let line = line.trim_end();
     if let Some(p) = line.strip_prefix("error ") {
         bail!("rank 0 refused rank {}: {p}", launch.rank);
     }
-    let Some(len) = line.strip_prefix("ok ").and_then(|n| n.parse::<usize>().ok()) else {
+    let Some(len) = line
+        .strip_prefix("ok ")
+        .and_then(|n| n.parse::<usize>().ok())
+    else {
         bail!(
             "rank {}: {} did not answer as crema's rank 0 (got `{line}`)",
             launch.rank,
@@ -237,9 +250,12 @@ fn fetch(launch: &Launch, workers: usize) -> Result<Vec<u8>> {
         );
     };
     let mut payload = vec![0u8; len];
-    reader
-        .read_exact(&mut payload)
-        .map_err(|e| crate::Error::msg(format!("rank {} reading from {}: {e}", launch.rank, launch.master)))?;
+    reader.read_exact(&mut payload).map_err(|e| {
+        crate::Error::msg(format!(
+            "rank {} reading from {}: {e}",
+            launch.rank, launch.master
+        ))
+    })?;
     Ok(payload)
 }
 
@@ -280,7 +296,10 @@ mod tests {
         ])
         .unwrap()
         .unwrap();
-        assert_eq!((l.rank, l.processes, l.master.as_str()), (1, 2, "10.0.0.5:29500"));
+        assert_eq!(
+            (l.rank, l.processes, l.master.as_str()),
+            (1, 2, "10.0.0.5:29500")
+        );
         let l = launch(&[
             ("CREMA_WORLD_SIZE", "2"),
             ("CREMA_RANK", "0"),
@@ -290,7 +309,10 @@ mod tests {
         .unwrap();
         assert_eq!(l.master, "node1:1234");
         let e = launch(&[("CREMA_WORLD_SIZE", "2"), ("CREMA_RANK", "2")]).unwrap_err();
-        assert!(e.to_string().contains("CREMA_RANK=2 is out of range"), "{e}");
+        assert!(
+            e.to_string().contains("CREMA_RANK=2 is out of range"),
+            "{e}"
+        );
         let e = launch(&[("CREMA_WORLD_SIZE", "2")]).unwrap_err();
         assert!(e.to_string().contains("CREMA_RANK is not"), "{e}");
         let e = launch(&[("CREMA_WORLD_SIZE", "two"), ("CREMA_RANK", "0")]).unwrap_err();
@@ -335,7 +357,11 @@ mod tests {
         let port = free_port();
         let root = std::thread::spawn(move || exchange(&at(0, 2, port), 2, || Ok(vec![1])));
         let e = exchange(&at(1, 2, port), 1, || unreachable!()).unwrap_err();
-        assert!(e.to_string().contains("runs 1 GPU worker(s) but rank 0 runs 2"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("runs 1 GPU worker(s) but rank 0 runs 2"),
+            "{e}"
+        );
         let e = root.join().unwrap().unwrap_err();
         assert!(e.to_string().contains("rank 1 runs 1"), "{e}");
     }

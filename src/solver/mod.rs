@@ -380,7 +380,12 @@ impl Solver {
         let Some(c) = &self.collective else {
             return Ok(());
         };
-        let mut data: Vec<_> = self.net.params().iter().map(|p| p.blob.data_mut()).collect();
+        let mut data: Vec<_> = self
+            .net
+            .params()
+            .iter()
+            .map(|p| p.blob.data_mut())
+            .collect();
         let mut bufs: Vec<&mut Buffer> = data.iter_mut().map(|d| &mut **d).collect();
         bufs.extend(self.history.iter_mut());
         c.broadcast(&mut bufs)?;
@@ -418,7 +423,8 @@ impl Solver {
             }
             if !pending.is_empty() && (pending_values >= BUCKET_VALUES || i == 0) {
                 let params = self.net.params();
-                let mut diffs: Vec<_> = pending.iter().map(|&k| params[k].blob.diff_mut()).collect();
+                let mut diffs: Vec<_> =
+                    pending.iter().map(|&k| params[k].blob.diff_mut()).collect();
                 let mut bufs: Vec<&mut Buffer> = diffs.iter_mut().map(|d| &mut **d).collect();
                 c.all_reduce_mean(&mut bufs)?;
                 pending.clear();
@@ -500,8 +506,7 @@ impl Solver {
             {
                 self.test_all()?;
             }
-            let display =
-                root && self.param.display() > 0 && self.iter % self.param.display() == 0;
+            let display = root && self.param.display() > 0 && self.iter % self.param.display() == 0;
             let iter_size = self.param.iter_size().max(1);
             let mut loss = 0.0;
             for k in 0..iter_size {

@@ -303,8 +303,7 @@ impl ConvPlan {
                 sys::cudnnGetConvolutionBackwardFilterAlgorithm_v7(hd, x.0, y.0, c.0, w.0, n, r, p)
             })
         };
-        let bwd_filter = match pick(&found, policy).or_else(|| pick(&heur(), policy))
-        {
+        let bwd_filter = match pick(&found, policy).or_else(|| pick(&heur(), policy)) {
             Some(p) => finish(c, p.algo(), p.memory(), p.math())?,
             None => {
                 let algo =

@@ -14,7 +14,8 @@ mod loader;
 pub mod nccl;
 
 use super::{
-    composed, Activation, Buffer, ConvGeom, Engine, LrnParams, PoolGeom, PoolMethod, SgdParam, SgdStep,
+    composed, Activation, Buffer, ConvGeom, Engine, LrnParams, PoolGeom, PoolMethod, SgdParam,
+    SgdStep,
 };
 use conv::ConvPlan;
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
