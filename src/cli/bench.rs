@@ -308,7 +308,7 @@ fn torch_match(
 
 pub fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let devices = match &args.engine.gpu {
-        Some(spec) => super::common::gpu_ids(spec, gpu_count)?,
+        Some(spec) => super::common::gpu_ids(spec, super::common::gpu_count)?,
         None => vec![],
     };
     if devices.len() > 1 {
@@ -370,16 +370,6 @@ pub fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         println!("{line}");
     }
     Ok(())
-}
-
-#[cfg(feature = "cuda")]
-fn gpu_count() -> Result<usize, String> {
-    crema::engine::cuda::device_count()
-}
-
-#[cfg(not(feature = "cuda"))]
-fn gpu_count() -> Result<usize, String> {
-    Err("this build of crema has no GPU engine".into())
 }
 
 /// `crema bench --gpu 0,1,...`: data-parallel scaling. Each net trains on synthetic data with the

@@ -70,6 +70,17 @@ fn parse_gpu(spec: &str) -> Result<usize, String> {
     Ok(ids[0])
 }
 
+/// Number of CUDA devices (an error naming what is missing where there is no GPU engine).
+#[cfg(feature = "cuda")]
+pub fn gpu_count() -> Result<usize, String> {
+    crema::engine::cuda::device_count()
+}
+
+#[cfg(not(feature = "cuda"))]
+pub fn gpu_count() -> Result<usize, String> {
+    Err("this build of crema has no GPU engine".into())
+}
+
 /// The devices `--gpu` names: `N`, `N,M,...` or `all` (every device `count` reports).
 pub fn gpu_ids(
     spec: &str,

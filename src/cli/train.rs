@@ -1,6 +1,6 @@
 //! `crema train`: Caffe's `caffe train`.
 
-use super::common::{engine, gpu_ids, EngineArgs};
+use super::common::{engine, gpu_count, gpu_ids, EngineArgs};
 use crema::parallel::rendezvous::Launch;
 use crema::solver::{NetChoices, SignalEffect, Signals, Solver};
 use crema_proto::caffe::SolverParameter;
@@ -36,7 +36,7 @@ pub fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let param = crema_proto::read_solver_text(&args.solver)?;
     let launch = Launch::from_env()?;
     let devices = match &args.engine.gpu {
-        Some(spec) => gpu_ids(spec, device_count)?,
+        Some(spec) => gpu_ids(spec, gpu_count)?,
         None => vec![],
     };
     if devices.len() > 1 || launch.is_some() {
@@ -86,16 +86,6 @@ fn prepare(args: &Args, solver: &mut Solver, signals: Signals) -> crema::Result<
     }
     solver.set_signals(signals);
     Ok(())
-}
-
-#[cfg(feature = "cuda")]
-fn device_count() -> Result<usize, String> {
-    crema::engine::cuda::device_count()
-}
-
-#[cfg(not(feature = "cuda"))]
-fn device_count() -> Result<usize, String> {
-    Err("this build of crema has no GPU engine".into())
 }
 
 /// Data-parallel training on several GPUs: one worker thread per GPU of this process, and

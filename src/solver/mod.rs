@@ -171,6 +171,8 @@ pub struct Solver {
     collective: Option<Box<dyn Collective>>,
     /// Whether the other workers hold rank 0's weights (set by the first step after a change).
     synced: bool,
+    /// By layer: the parameters whose gradients are final once that layer has run backward.
+    ready_after: Vec<Vec<usize>>,
 }
 
 /// Gradients are averaged in buckets of at least this many values: each layer's gradients join
@@ -349,6 +351,7 @@ impl Solver {
             shard,
             collective: None,
             synced: true,
+            ready_after: vec![],
         })
     }
 
@@ -364,6 +367,22 @@ impl Solver {
                 c.shard().count
             );
         }
+        // A parameter's gradient is final after the backward pass of the lowest layer using it;
+        // the net's structure is fixed, so this is worked out once.
+        let mut ready: Vec<Vec<usize>> = vec![vec![]; self.net.layers().len()];
+        for (pi, p) in self.net.params().iter().enumerate() {
+            if p.lr_mult == 0.0 {
+                continue; // never updated: nothing to average
+            }
+            let first_user = self
+                .net
+                .layers()
+                .iter()
+                .position(|l| l.blobs.iter().any(|b| Rc::ptr_eq(b, &p.blob)))
+                .unwrap_or(0);
+            ready[first_user].push(pi);
+        }
+        self.ready_after = ready;
         self.collective = Some(c);
         self.synced = false;
         Ok(())
@@ -398,21 +417,8 @@ impl Solver {
         let Some(c) = &self.collective else {
             return self.net.backward();
         };
-        // A parameter's gradient is final after the backward pass of the lowest layer using it.
+        let ready = &self.ready_after;
         let n_layers = self.net.layers().len();
-        let mut ready: Vec<Vec<usize>> = vec![vec![]; n_layers];
-        for (pi, p) in self.net.params().iter().enumerate() {
-            if p.lr_mult == 0.0 {
-                continue; // never updated: nothing to average
-            }
-            let first_user = self
-                .net
-                .layers()
-                .iter()
-                .position(|l| l.blobs.iter().any(|b| Rc::ptr_eq(b, &p.blob)))
-                .unwrap_or(0);
-            ready[first_user].push(pi);
-        }
         let mut pending: Vec<usize> = vec![];
         let mut pending_values = 0;
         for i in (0..n_layers).rev() {

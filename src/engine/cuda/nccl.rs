@@ -84,6 +84,26 @@ impl NcclCollective {
         })
     }
 
+    /// One NCCL group of `op` over every non-empty buffer, queued on NCCL's stream after
+    /// everything the engine has queued so far.
+    fn grouped<E: std::fmt::Debug>(
+        &self,
+        bufs: &mut [&mut Buffer],
+        what: &str,
+        op: impl Fn(
+            &Comm,
+            &mut CudaSlice<f32>,
+        ) -> std::result::Result<cudarc::nccl::result::NcclStatus, E>,
+    ) -> Result<()> {
+        self.after_compute()?;
+        group_start().map_err(|e| nccl_err("group start", e))?;
+        for b in bufs.iter_mut().filter(|b| !b.is_empty()) {
+            op(&self.comm, slice(b)).map_err(|e| nccl_err(what, e))?;
+        }
+        group_end().map_err(|e| nccl_err("group end", e))?;
+        Ok(())
+    }
+
     /// NCCL's stream starts after everything the engine has queued so far.
     fn after_compute(&self) -> Result<()> {
         self.nccl
@@ -105,33 +125,14 @@ impl Collective for NcclCollective {
     }
 
     fn broadcast(&self, bufs: &mut [&mut Buffer]) -> Result<()> {
-        self.after_compute()?;
-        group_start().map_err(|e| nccl_err("group start", e))?;
-        for b in bufs.iter_mut() {
-            if b.is_empty() {
-                continue;
-            }
-            self.comm
-                .broadcast_in_place(slice(b), 0)
-                .map_err(|e| nccl_err("broadcast", e))?;
-        }
-        group_end().map_err(|e| nccl_err("group end", e))?;
+        self.grouped(bufs, "broadcast", |c, s| c.broadcast_in_place(s, 0))?;
         self.wait()
     }
 
     fn all_reduce_mean(&self, bufs: &mut [&mut Buffer]) -> Result<()> {
-        self.after_compute()?;
-        group_start().map_err(|e| nccl_err("group start", e))?;
-        for b in bufs.iter_mut() {
-            if b.is_empty() {
-                continue;
-            }
-            self.comm
-                .all_reduce_in_place(slice(b), &ReduceOp::Avg)
-                .map_err(|e| nccl_err("all-reduce", e))?;
-        }
-        group_end().map_err(|e| nccl_err("group end", e))?;
-        Ok(())
+        self.grouped(bufs, "all-reduce", |c, s| {
+            c.all_reduce_in_place(s, &ReduceOp::Avg)
+        })
     }
 
     fn wait(&self) -> Result<()> {
