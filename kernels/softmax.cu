@@ -63,3 +63,65 @@ extern "C" __global__ void softmax_loss_bwd_f32(u64 outer, u64 ch, u64 inner, co
     }
   }
 }
+
+// The whole loss in one block of 256 threads, with nothing read back by the host: top[0] = sum of
+// -log(max(prob[label], FLT_MIN)) / divisor; stats[0] = divisor (fixed, or the number of counted
+// positions, at least 1, when by_valid); stats[1] += number of labels outside [0, ch) when none is
+// ignored, which makes the loss NaN (the host, reading it later, says which layer and why).
+extern "C" __global__ void softmax_loss_total_f32(u64 outer, u64 ch, u64 inner, const float* prob,
+                                                  const float* labels, int has_ignore, int ignore,
+                                                  float fixed_divisor, int by_valid, float* top,
+                                                  float* stats) {
+  __shared__ double s_loss[256];
+  __shared__ double s_count[256];
+  __shared__ unsigned s_bad[256];
+  double loss = 0.0, count = 0.0;
+  unsigned bad = 0;
+  for (u64 k = threadIdx.x; k < outer * inner; k += blockDim.x) {
+    int label = (int)labels[k];
+    if (has_ignore && label == ignore) continue;
+    if (!has_ignore && (labels[k] < 0.0f || label >= (int)ch)) {
+      ++bad;
+      continue;
+    }
+    u64 c = (u64)min(max(label, 0), (int)ch - 1);
+    float p = prob[(k / inner) * ch * inner + c * inner + k % inner];
+    loss += -log((double)fmaxf(p, CREMA_FLT_MIN));
+    count += 1.0;
+  }
+  s_loss[threadIdx.x] = loss;
+  s_count[threadIdx.x] = count;
+  s_bad[threadIdx.x] = bad;
+  __syncthreads();
+  for (unsigned w = blockDim.x / 2; w > 0; w /= 2) {
+    if (threadIdx.x < w) {
+      s_loss[threadIdx.x] += s_loss[threadIdx.x + w];
+      s_count[threadIdx.x] += s_count[threadIdx.x + w];
+      s_bad[threadIdx.x] += s_bad[threadIdx.x + w];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    float norm = by_valid ? fmaxf((float)s_count[0], 1.0f) : fixed_divisor;
+    stats[0] = norm;
+    stats[1] += (float)s_bad[0];
+    top[0] = s_bad[0] ? __int_as_float(0x7fc00000) : (float)s_loss[0] / norm;
+  }
+}
+
+// softmax_loss_bwd_f32 with its scale read from the device: dtop[0] / stats[0].
+extern "C" __global__ void softmax_loss_bwd_total_f32(u64 outer, u64 ch, u64 inner, const float* prob,
+                                                      const float* labels, int has_ignore, int ignore,
+                                                      const float* dtop, const float* stats, float* dx) {
+  float scale = dtop[0] / stats[0];
+  CUDA_LOOP(q, outer * ch * inner) {
+    u64 i = q % inner, c = (q / inner) % ch, o = q / (ch * inner);
+    int label = (int)labels[o * inner + i];
+    if (has_ignore && label == ignore) {
+      dx[q] = 0.0f;
+    } else {
+      float t = (int)c == label ? 1.0f : 0.0f;
+      dx[q] = scale * (prob[q] - t);
+    }
+  }
+}

@@ -1148,12 +1148,9 @@ mod gpu {
         assert!(forced.tf32(), "--tf32 wins over a net's STRICT_FP32");
     }
 
-    #[test]
-    fn lenet_trains_alike_on_cpu_and_gpu() {
-        if gpu().is_none() {
-            return;
-        }
-        let Some(shared) = shared() else { return };
+    /// A temporary folder with MNIST LMDBs (images 0-7,999 to train, 8,000-9,999 to test) and
+    /// BVLC's LeNet net reading them as `net.prototxt`.
+    fn lenet_workdir(shared: &Path) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let m = shared.join("data/mnist");
@@ -1183,6 +1180,66 @@ mod gpu {
                 .replace("examples/mnist/mnist_train_lmdb", "train_lmdb")
                 .replace("examples/mnist/mnist_test_lmdb", "test_lmdb");
         std::fs::write(d.join("net.prototxt"), net).unwrap();
+        dir
+    }
+
+    /// Replaying the training passes from a CUDA graph changes no number: the same losses at
+    /// every display and the same test accuracy as running each operation on its own.
+    #[test]
+    fn lenet_replayed_from_a_graph_trains_as_without() {
+        if gpu().is_none() {
+            return;
+        }
+        let Some(shared) = shared() else { return };
+        let dir = lenet_workdir(&shared);
+        let d = dir.path();
+        let solver = "net: \"net.prototxt\"\ntest_iter: 20\ntest_interval: 150\nbase_lr: 0.01\nmomentum: 0.9\n\
+                      weight_decay: 0.0005\nlr_policy: \"inv\"\ngamma: 0.0001\npower: 0.75\ndisplay: 10\n\
+                      max_iter: 300\nsnapshot: 0\nsnapshot_prefix: \"lenet\"\nrandom_seed: 1\n";
+        std::fs::write(d.join("solver.prototxt"), solver).unwrap();
+        let run = |graph: &str| {
+            let out = Command::new(crema_bin())
+                .args(["train", "--solver", "solver.prototxt", "--gpu", "0", "--deterministic"])
+                .env("CREMA_CUDA_GRAPH", graph)
+                .current_dir(d)
+                .output()
+                .expect("run crema");
+            let text = String::from_utf8_lossy(&out.stderr).to_string();
+            assert!(out.status.success(), "crema train failed:\n{text}");
+            text
+        };
+        let (eager, replayed) = (run("0"), run("1"));
+        assert!(
+            replayed.contains("recorded into a CUDA graph"),
+            "no graph was recorded:\n{replayed}"
+        );
+        assert!(!eager.contains("recorded into a CUDA graph"));
+        let values = |log: &str, pattern: &str| -> Vec<f32> {
+            log.lines()
+                .filter_map(|l| l.split(pattern).nth(1))
+                .filter_map(|v| v.split_whitespace().next()?.parse().ok())
+                .collect()
+        };
+        for pattern in ["), loss = ", "accuracy = ", "Iteration 290, lr = "] {
+            let (a, b) = (values(&eager, pattern), values(&replayed, pattern));
+            assert!(!a.is_empty() && a.len() == b.len(), "{pattern}: {a:?} vs {b:?}");
+            for (x, y) in a.iter().zip(&b) {
+                assert!(
+                    (x - y).abs() <= 1e-5 * x.abs().max(1.0),
+                    "{pattern}: eager {a:?}\nreplayed {b:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn lenet_trains_alike_on_cpu_and_gpu() {
+        if gpu().is_none() {
+            return;
+        }
+        let Some(shared) = shared() else { return };
+        let dir = lenet_workdir(&shared);
+        let d = dir.path();
         let solver = "net: \"net.prototxt\"\ntest_iter: 20\ntest_interval: 200\nbase_lr: 0.01\nmomentum: 0.9\n\
                       weight_decay: 0.0005\nlr_policy: \"inv\"\ngamma: 0.0001\npower: 0.75\ndisplay: 50\n\
                       max_iter: 200\nsnapshot: 0\nsnapshot_prefix: \"lenet\"\nrandom_seed: 1\nsolver_mode: CPU\n";

@@ -51,6 +51,26 @@ impl Buffer {
     }
 }
 
+/// Values on their way to the host (see [`Engine::download_async`]).
+pub enum Pending {
+    Ready(Vec<f32>),
+    Later(Box<dyn FnOnce() -> Vec<f32>>),
+}
+
+impl Pending {
+    /// Waits for the copy and returns the values.
+    pub fn wait(self) -> Vec<f32> {
+        match self {
+            Pending::Ready(v) => v,
+            Pending::Later(f) => f(),
+        }
+    }
+}
+
+/// A recorded sequence of engine operations that can be run again as one launch
+/// (see [`Engine::begin_graph`]); its content belongs to the engine that recorded it.
+pub struct Graph(pub Box<dyn std::any::Any>);
+
 /// Geometry of a 2-D convolution over an N×C×H×W input (Caffe's conventions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConvGeom {
@@ -218,6 +238,11 @@ pub trait Engine {
     fn download(&self, buf: &Buffer) -> Vec<f32>;
     /// Overwrites `dst[..src.len()]` with host values.
     fn upload(&self, src: &[f32], dst: &mut Buffer);
+    /// Starts copying a buffer to the host and returns without waiting for queued work;
+    /// [`Pending::wait`] gives the values. Synchronous engines copy at once.
+    fn download_async(&self, buf: &Buffer) -> Pending {
+        Pending::Ready(self.download(buf))
+    }
     /// Fills every element with `value`.
     fn fill(&self, value: f32, dst: &mut Buffer);
     /// Copies `n_blocks` blocks of `block` elements: src[src_off + i*src_stride ..] to
@@ -382,6 +407,88 @@ pub trait Engine {
         scale: f32,
         dx: &mut Buffer,
     );
+
+    /// As [`Engine::softmax_loss`], but the result stays with the engine: `top[0]` = loss sum /
+    /// divisor, `stats[0]` = the divisor (`fixed_divisor`, or the number of counted positions
+    /// (at least 1) when `by_valid`); `stats[1]` counts up the labels outside [0, ch) when no
+    /// label is ignored, and the loss is NaN when there are any. Nothing waits for the host, so the call
+    /// may be recorded in a graph.
+    #[allow(clippy::too_many_arguments)]
+    fn softmax_loss_total(
+        &self,
+        dims: (usize, usize, usize),
+        prob: &Buffer,
+        labels: &Buffer,
+        ignore_label: Option<i32>,
+        fixed_divisor: f32,
+        by_valid: bool,
+        top: &mut Buffer,
+        stats: &mut Buffer,
+    ) {
+        let (outer, ch, inner) = dims;
+        let bad = if ignore_label.is_none() {
+            let l = self.download(labels);
+            l.iter().filter(|v| **v < 0.0 || **v as usize >= ch).count()
+        } else {
+            0
+        };
+        let (loss, valid) = self.softmax_loss(outer, ch, inner, prob, labels, ignore_label);
+        let norm = if by_valid {
+            (valid as f32).max(1.0)
+        } else {
+            fixed_divisor
+        };
+        let value = if bad > 0 { f32::NAN } else { loss / norm };
+        self.upload(&[value], top);
+        let seen = self.download(stats).get(1).copied().unwrap_or(0.0);
+        self.upload(&[norm, seen + bad as f32], stats);
+    }
+    /// As [`Engine::softmax_loss_backward`] with scale = `dtop[0] / stats[0]` read where they
+    /// lie (see [`Engine::softmax_loss_total`]).
+    #[allow(clippy::too_many_arguments)]
+    fn softmax_loss_backward_total(
+        &self,
+        dims: (usize, usize, usize),
+        prob: &Buffer,
+        labels: &Buffer,
+        ignore_label: Option<i32>,
+        dtop: &Buffer,
+        stats: &Buffer,
+        dx: &mut Buffer,
+    ) {
+        let (outer, ch, inner) = dims;
+        let scale = self.download(dtop)[0] / self.download(stats)[0];
+        self.softmax_loss_backward(outer, ch, inner, prob, labels, ignore_label, scale, dx);
+    }
+
+    // ---- graphs ----
+    /// Starts recording this engine's operations into a graph instead of running them; false
+    /// when the engine cannot. Between this and [`Engine::end_graph`] nothing may wait for the
+    /// host (no download, no host-side result).
+    fn begin_graph(&self) -> bool {
+        false
+    }
+    /// Ends a recording started by [`Engine::begin_graph`]: the graph, ready to launch.
+    fn end_graph(&self) -> Result<Graph, String> {
+        Err("this engine does not record graphs".into())
+    }
+    /// How many buffers [`Engine::alloc`] has made so far: a net whose iteration allocates
+    /// cannot be replayed from a graph.
+    fn allocations(&self) -> u64 {
+        0
+    }
+    /// Whether operations are being recorded into a graph right now (layers then keep results
+    /// with the engine instead of reading them on the host).
+    fn recording(&self) -> bool {
+        false
+    }
+    /// Queues one run of a recorded graph.
+    fn launch_graph(&self, _graph: &Graph) {}
+    /// Changes whenever memory a recorded graph may use (scratch space, tables) is replaced:
+    /// a graph recorded under another value must be recorded again.
+    fn graph_epoch(&self) -> u64 {
+        0
+    }
 
     // ---- randomness ----
     /// Fills `mask` with 1/(1-ratio) where a uniform draw exceeds `ratio`, else 0, then y = x ⊙ mask.

@@ -135,6 +135,9 @@ impl Convolution {
 }
 
 impl Layer for Convolution {
+    fn graph_safe(&self) -> bool {
+        true
+    }
     fn arity(&self) -> ((usize, usize), (usize, usize)) {
         ((1, usize::MAX), (1, usize::MAX))
     }

@@ -38,6 +38,9 @@ impl Eltwise {
 }
 
 impl Layer for Eltwise {
+    fn graph_safe(&self) -> bool {
+        true
+    }
     fn arity(&self) -> ((usize, usize), (usize, usize)) {
         ((2, usize::MAX), (1, 1))
     }

@@ -34,6 +34,9 @@ impl InnerProduct {
 }
 
 impl Layer for InnerProduct {
+    fn graph_safe(&self) -> bool {
+        true
+    }
     fn arity(&self) -> ((usize, usize), (usize, usize)) {
         ((1, 1), (1, 1))
     }
@@ -80,7 +83,7 @@ impl Layer for InnerProduct {
         let mut tshape = shape[..axis].to_vec();
         tshape.push(self.n);
         top[0].reshape(cx.engine, &tshape);
-        if self.p.bias_term() {
+        if self.p.bias_term() && self.ones.as_ref().is_none_or(|o| o.count() != self.m) {
             let ones = Blob::new_ref(cx.engine, &[self.m]);
             cx.engine.fill(1.0, &mut ones.data_mut());
             self.ones = Some(ones);

@@ -28,6 +28,9 @@ impl Lrn {
 }
 
 impl Layer for Lrn {
+    fn graph_safe(&self) -> bool {
+        true
+    }
     fn arity(&self) -> ((usize, usize), (usize, usize)) {
         ((1, 1), (1, 1))
     }

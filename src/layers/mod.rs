@@ -108,6 +108,17 @@ pub trait Layer {
     fn data_wait(&self) -> Option<std::time::Duration> {
         None
     }
+    /// Whether forward and backward may be recorded into an engine graph and replayed: they
+    /// then neither wait for the host nor change anything the host keeps between iterations
+    /// (no random draws, no host-side counters) once shapes are set. Opt-in.
+    fn graph_safe(&self) -> bool {
+        false
+    }
+    /// After a non-finite loss: what this layer saw that explains it, if anything (a layer
+    /// running inside a graph cannot stop the run at the moment it sees bad input).
+    fn diagnose(&self, _cx: &Ctx) -> Option<String> {
+        None
+    }
 }
 
 type Constructor = fn(&LayerParameter) -> Result<Box<dyn Layer>>;

@@ -106,6 +106,9 @@ impl Neuron {
 }
 
 impl Layer for Neuron {
+    fn graph_safe(&self) -> bool {
+        true
+    }
     fn arity(&self) -> ((usize, usize), (usize, usize)) {
         ((1, 1), (1, 1))
     }

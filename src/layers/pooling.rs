@@ -116,6 +116,9 @@ impl Pooling {
 }
 
 impl Layer for Pooling {
+    fn graph_safe(&self) -> bool {
+        self.method.is_some() // stochastic pooling draws random numbers
+    }
     fn arity(&self) -> ((usize, usize), (usize, usize)) {
         ((1, 1), (1, 1))
     }

@@ -86,6 +86,9 @@ impl Bias {
 }
 
 impl Layer for Bias {
+    fn graph_safe(&self) -> bool {
+        true
+    }
     fn arity(&self) -> ((usize, usize), (usize, usize)) {
         ((1, 2), (1, 1))
     }
@@ -197,6 +200,9 @@ impl Scale {
 }
 
 impl Layer for Scale {
+    fn graph_safe(&self) -> bool {
+        true
+    }
     fn arity(&self) -> ((usize, usize), (usize, usize)) {
         ((1, 2), (1, 1))
     }

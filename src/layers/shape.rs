@@ -33,6 +33,9 @@ impl Split {
 }
 
 impl Layer for Split {
+    fn graph_safe(&self) -> bool {
+        true
+    }
     fn arity(&self) -> ((usize, usize), (usize, usize)) {
         ((1, 1), (1, usize::MAX))
     }
@@ -80,6 +83,9 @@ pub struct Reshaping {
 }
 
 impl Layer for Reshaping {
+    fn graph_safe(&self) -> bool {
+        true
+    }
     fn arity(&self) -> ((usize, usize), (usize, usize)) {
         ((1, 1), (1, 1))
     }
@@ -224,6 +230,9 @@ impl Concat {
 }
 
 impl Layer for Concat {
+    fn graph_safe(&self) -> bool {
+        true
+    }
     fn arity(&self) -> ((usize, usize), (usize, usize)) {
         ((1, usize::MAX), (1, 1))
     }
@@ -336,6 +345,9 @@ impl Slice {
 }
 
 impl Layer for Slice {
+    fn graph_safe(&self) -> bool {
+        true
+    }
     fn arity(&self) -> ((usize, usize), (usize, usize)) {
         ((1, 1), (1, usize::MAX))
     }
@@ -455,6 +467,9 @@ impl Silence {
 }
 
 impl Layer for Silence {
+    fn graph_safe(&self) -> bool {
+        true
+    }
     fn arity(&self) -> ((usize, usize), (usize, usize)) {
         ((1, usize::MAX), (0, 0))
     }

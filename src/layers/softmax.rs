@@ -33,6 +33,9 @@ impl Softmax {
 }
 
 impl Layer for Softmax {
+    fn graph_safe(&self) -> bool {
+        true
+    }
     fn arity(&self) -> ((usize, usize), (usize, usize)) {
         ((1, 1), (1, 1))
     }
@@ -82,6 +85,9 @@ pub struct SoftmaxWithLoss {
     axis: i32,
     loss: LossParameter,
     prob: Option<BlobRef>,
+    /// Divisor and count of out-of-range labels, kept with the engine while recording a graph
+    /// (see [`Engine::softmax_loss_total`]).
+    stats: Option<BlobRef>,
     dims: (usize, usize, usize),
     norm: f32,
 }
@@ -94,6 +100,7 @@ impl SoftmaxWithLoss {
             axis,
             loss,
             prob: None,
+            stats: None,
             dims: (0, 0, 0),
             norm: 1.0,
         }))
@@ -114,6 +121,19 @@ impl Layer for SoftmaxWithLoss {
     fn allow_force_backward(&self, bottom: usize) -> bool {
         bottom != 1
     }
+    fn graph_safe(&self) -> bool {
+        true
+    }
+    fn diagnose(&self, cx: &Ctx) -> Option<String> {
+        let stats = self.stats.as_ref()?.data_to_vec(cx.engine);
+        let bad = stats.get(1).copied().unwrap_or(0.0);
+        (bad > 0.0).then(|| {
+            format!(
+                "{bad} label(s) outside [0, {}); check the data's labels or num_output",
+                self.dims.1
+            )
+        })
+    }
 
     fn reshape(&mut self, cx: &Ctx, bottom: &[BlobRef], top: &[BlobRef]) -> Result<()> {
         let s = bottom[0].shape();
@@ -126,6 +146,9 @@ impl Layer for SoftmaxWithLoss {
             );
         }
         self.dims = (o, c, i);
+        if self.stats.is_none() {
+            self.stats = Some(Blob::new_ref(cx.engine, &[2]));
+        }
         top[0].reshape(cx.engine, &[]);
         match &self.prob {
             Some(p) => p.reshape(cx.engine, &s),
@@ -145,6 +168,26 @@ impl Layer for SoftmaxWithLoss {
         };
         e.softmax_forward(o, c, i, &bottom[0].data(), &mut prob.data_mut());
         let labels = bottom[1].data();
+        let mode = normalization::mode(&self.loss, NormalizationMode::Valid);
+        if e.recording() {
+            let Some(stats) = self.stats.clone() else {
+                return Ok(());
+            };
+            e.softmax_loss_total(
+                self.dims,
+                &prob.data(),
+                &labels,
+                self.ignore(),
+                normalization::divisor(mode, o, i, 0),
+                mode == NormalizationMode::Valid,
+                &mut top[0].data_mut(),
+                &mut stats.data_mut(),
+            );
+            if let Some(t) = top.get(1) {
+                e.axpby(1.0, &prob.data(), 0.0, &mut t.data_mut());
+            }
+            return Ok(());
+        }
         if self.ignore().is_none() {
             // Labels outside [0, C) would index past the class axis; Caffe CHECK-fails here.
             let l = e.download(&labels);
@@ -153,12 +196,7 @@ impl Layer for SoftmaxWithLoss {
             }
         }
         let (loss, valid) = e.softmax_loss(o, c, i, &prob.data(), &labels, self.ignore());
-        self.norm = normalization::divisor(
-            normalization::mode(&self.loss, NormalizationMode::Valid),
-            o,
-            i,
-            valid,
-        );
+        self.norm = normalization::divisor(mode, o, i, valid);
         e.upload(&[loss / self.norm], &mut top[0].data_mut());
         if let Some(t) = top.get(1) {
             e.axpby(1.0, &prob.data(), 0.0, &mut t.data_mut());
@@ -184,6 +222,21 @@ impl Layer for SoftmaxWithLoss {
         let Some(prob) = &self.prob else {
             return Ok(());
         };
+        if e.recording() {
+            let Some(stats) = &self.stats else {
+                bail!("internal: a recorded backward pass without its recorded forward pass");
+            };
+            e.softmax_loss_backward_total(
+                self.dims,
+                &prob.data(),
+                &bottom[1].data(),
+                self.ignore(),
+                &top[0].diff(),
+                &stats.data(),
+                &mut bottom[0].diff_mut(),
+            );
+            return Ok(());
+        }
         let w = e.download(&top[0].diff())[0];
         e.softmax_loss_backward(
             o,

@@ -11,7 +11,7 @@ pub use split::insert_splits;
 pub use summary::{LayerSummary, NetSummary};
 
 use crate::blob::{Blob, BlobRef};
-use crate::engine::Engine;
+use crate::engine::{Engine, Pending};
 use crate::layers::{create_layer, Ctx, Layer, Phase};
 use crate::solver::lr::fmt_g;
 use crate::{bail, Error, Result};
@@ -339,13 +339,70 @@ impl Net {
 
     /// Runs layers [start, end) forward; returns their weighted loss.
     pub fn forward_range(&mut self, start: usize, end: usize) -> Result<f32> {
-        let mut loss = 0.0;
+        self.run_forward(start, end)?;
+        Ok(settle_loss(self.pending_loss(start, end)))
+    }
+
+    /// The weighted loss tops of layers [start, end), on their way to the host: the loss is
+    /// Σ weight × Σ values (see [`settle_loss`]).
+    pub fn pending_loss(&self, start: usize, end: usize) -> Vec<(Pending, f32)> {
+        let mut out = Vec::new();
+        for l in &self.layers[start..end] {
+            for (&t, w) in l.tops.iter().zip(&l.loss_weights) {
+                if *w != 0.0 {
+                    out.push((self.engine.download_async(&self.blobs[t].data()), *w));
+                }
+            }
+        }
+        out
+    }
+
+    /// How an iteration splits for replay from an engine graph: `Some(inputs)` where
+    /// `inputs[i]` marks the layers that run on their own before the graph each iteration
+    /// (layers without bottoms that take no part in the backward pass: the data layers); every
+    /// other layer must be [`Layer::graph_safe`]. None when a layer is not, or when the debug
+    /// trace reads values between layers.
+    pub fn graph_plan(&self) -> Option<Vec<bool>> {
+        if self.debug_info {
+            return None;
+        }
+        let inputs: Vec<bool> = self
+            .layers
+            .iter()
+            .map(|l| l.bottoms.is_empty() && !l.need_backward && !l.layer.graph_safe())
+            .collect();
+        let rest_safe = self
+            .layers
+            .iter()
+            .zip(&inputs)
+            .all(|(l, input)| *input || l.layer.graph_safe());
+        (rest_safe && inputs.iter().any(|i| !i)).then_some(inputs)
+    }
+
+    /// After a non-finite loss: the first layer that can say why, as "layer `name` (Type): why".
+    pub fn diagnose(&self) -> Option<String> {
+        let cx = self.ctx();
+        self.layers.iter().find_map(|l| {
+            l.layer
+                .diagnose(&cx)
+                .map(|why| format!("layer `{}` ({}): {why}", l.name, l.kind))
+        })
+    }
+
+    /// Runs layers [start, end) forward without reading anything back.
+    pub fn run_forward(&mut self, start: usize, end: usize) -> Result<()> {
+        self.forward_layers(start..end)
+    }
+
+    /// Runs the given layers forward, in the order given, without reading anything back.
+    pub fn forward_layers(&mut self, which: impl IntoIterator<Item = usize>) -> Result<()> {
         let engine = self.engine.clone();
         let cx = Ctx {
             engine: &*engine,
             phase: self.phase,
         };
-        for l in &mut self.layers[start..end] {
+        for li in which {
+            let l = &mut self.layers[li];
             let bb: Vec<BlobRef> = l.bottoms.iter().map(|i| self.blobs[*i].clone()).collect();
             let tb: Vec<BlobRef> = l.tops.iter().map(|i| self.blobs[*i].clone()).collect();
             let wrap = |e: Error| e.in_layer(&l.name, &l.kind);
@@ -370,14 +427,8 @@ impl Net {
                     );
                 }
             }
-            for (t, w) in tb.iter().zip(&l.loss_weights) {
-                if *w != 0.0 {
-                    let v: f32 = t.data_to_vec(&*engine).iter().sum();
-                    loss += w * v;
-                }
-            }
         }
-        Ok(loss)
+        Ok(())
     }
 
     /// Runs the backward pass of every layer that needs one.
@@ -551,6 +602,14 @@ impl Net {
             .filter_map(|l| l.layer.data_wait())
             .reduce(|a, b| a + b)
     }
+}
+
+/// Waits for the values of [`Net::pending_loss`] and sums them with their weights.
+pub fn settle_loss(pending: Vec<(Pending, f32)>) -> f32 {
+    pending
+        .into_iter()
+        .map(|(p, w)| w * p.wait().iter().sum::<f32>())
+        .sum()
 }
 
 fn arity_text(min: usize, max: usize) -> String {

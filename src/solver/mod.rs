@@ -1,11 +1,12 @@
 //! The solver: Caffe's training loop (test, forward/backward, update, display, snapshot).
 
+mod graph;
 pub mod lr;
 
 use crate::blob::BlobRef;
-use crate::engine::{Buffer, Engine, SgdParam, SgdStep, UpdateRule};
+use crate::engine::{Buffer, Engine, Pending, SgdParam, SgdStep, UpdateRule};
 use crate::layers::Phase;
-use crate::net::{Net, State};
+use crate::net::{settle_loss, Net, State};
 use crate::parallel::{Collective, Shard};
 use crate::{bail, Error, Result};
 use crema_proto::caffe::{NetParameter, SolverParameter, SolverState};
@@ -173,6 +174,11 @@ pub struct Solver {
     synced: bool,
     /// By layer: the parameters whose gradients are final once that layer has run backward.
     ready_after: Vec<Vec<usize>>,
+    /// The training passes replayed from an engine graph.
+    graph: graph::StepGraph,
+    /// A replayed iteration whose loss is still on its way to the host: (iteration, losses of
+    /// its iter_size passes).
+    unsettled: Option<(i32, Vec<Vec<(Pending, f32)>>)>,
 }
 
 /// Gradients are averaged in buckets of at least this many values: each layer's gradients join
@@ -352,12 +358,16 @@ impl Solver {
             collective: None,
             synced: true,
             ready_after: vec![],
+            graph: graph::StepGraph::Unknown,
+            unsettled: None,
         })
     }
 
     /// Trains data-parallel with other workers through `c` (this solver must have been built on
     /// the thread whose [`crate::parallel::set_shard`] gave it the same rank).
     pub fn set_collective(&mut self, c: Box<dyn Collective>) -> Result<()> {
+        // Gradients are exchanged between layers' backward passes, outside any graph.
+        self.graph.disable();
         if c.shard() != self.shard {
             bail!(
                 "the solver was built as worker {} of {} but joins the workers as {} of {}",
@@ -514,25 +524,26 @@ impl Solver {
             }
             let display = root && self.param.display() > 0 && self.iter % self.param.display() == 0;
             let iter_size = self.param.iter_size().max(1);
-            let mut loss = 0.0;
+            let layers = self.net.layers().len();
+            let mut losses = Vec::new();
             for k in 0..iter_size {
-                loss += self.net.forward()?;
-                if k + 1 == iter_size {
-                    self.backward_and_reduce()?;
-                } else {
-                    self.net.backward()?;
+                let e = self.engine.clone();
+                if !self.graph.pass(&mut self.net, &*e)? {
+                    self.net.run_forward(0, layers)?;
+                    if k + 1 == iter_size {
+                        self.backward_and_reduce()?;
+                    } else {
+                        self.net.backward()?;
+                    }
                 }
+                losses.push(self.net.pending_loss(0, layers));
             }
-            loss /= iter_size as f32;
-            if !loss.is_finite() {
-                bail!(
-                    "training diverged: the loss is {} at iteration {}; lower base_lr (now {}) or check the input data and its scale",
-                    fmt_g(loss),
-                    self.iter,
-                    fmt_g(self.param.base_lr())
-                );
+            // A replayed iteration's loss is read while the next one runs, unless it is shown now.
+            self.settle_previous(start_iter, average)?;
+            self.unsettled = Some((self.iter, losses));
+            if display || !self.graph.replaying() || self.iter + 1 == stop_iter {
+                self.settle_previous(start_iter, average)?;
             }
-            self.update_smoothed_loss(loss, start_iter, average);
             if display {
                 let lapse = last_event.0.elapsed().as_secs_f32();
                 let per_s = (self.iter - last_event.1) as f32 / lapse.max(1e-9);
@@ -584,7 +595,10 @@ impl Solver {
                     };
                 }
                 match effect {
-                    Some(SignalEffect::Stop) => return Ok(true),
+                    Some(SignalEffect::Stop) => {
+                        self.settle_previous(start_iter, average)?;
+                        return Ok(true);
+                    }
                     Some(SignalEffect::Snapshot) if root => self.snapshot()?,
                     _ => {}
                 }
@@ -593,13 +607,35 @@ impl Solver {
         Ok(false)
     }
 
-    fn update_smoothed_loss(&mut self, loss: f32, start_iter: i32, average: usize) {
+    /// Reads the loss of the iteration still unsettled, if any, into the smoothed loss; stops
+    /// the run when it is not finite.
+    fn settle_previous(&mut self, start_iter: i32, average: usize) -> Result<()> {
+        let Some((iter, passes)) = self.unsettled.take() else {
+            return Ok(());
+        };
+        let n = passes.len().max(1) as f32;
+        let loss = passes.into_iter().map(settle_loss).sum::<f32>() / n;
+        if !loss.is_finite() {
+            if let Some(why) = self.net.diagnose() {
+                bail!("the loss is {} at iteration {iter}: {why}", fmt_g(loss));
+            }
+            bail!(
+                "training diverged: the loss is {} at iteration {iter}; lower base_lr (now {}) or check the input data and its scale",
+                fmt_g(loss),
+                fmt_g(self.param.base_lr())
+            );
+        }
+        self.update_smoothed_loss(loss, iter, start_iter, average);
+        Ok(())
+    }
+
+    fn update_smoothed_loss(&mut self, loss: f32, iter: i32, start_iter: i32, average: usize) {
         if self.losses.len() < average {
             self.losses.push_back(loss);
-            let n = (self.iter - start_iter + 1) as f32;
+            let n = (iter - start_iter + 1) as f32;
             self.smoothed_loss = (self.smoothed_loss * (n - 1.0) + loss) / n;
         } else {
-            let idx = ((self.iter - start_iter) as usize) % average;
+            let idx = ((iter - start_iter) as usize) % average;
             let old = self.losses[idx];
             self.smoothed_loss += (loss - old) / average as f32;
             self.losses[idx] = loss;

@@ -14,12 +14,14 @@ mod loader;
 pub mod nccl;
 
 use super::{
-    composed, Activation, Buffer, ConvGeom, Engine, LrnParams, PoolGeom, PoolMethod, SgdParam,
-    SgdStep,
+    composed, Activation, Buffer, ConvGeom, Engine, Graph, LrnParams, Pending, PoolGeom,
+    PoolMethod, SgdParam, SgdStep,
 };
 use conv::ConvPlan;
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::{
+    CudaContext, CudaEvent, CudaGraph, CudaSlice, CudaStream, DevicePtr, PinnedHostSlice,
+};
 use kernels::{grid_for, Arg, Kernels};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -36,6 +38,12 @@ pub struct CudaEngine {
     workspace: RefCell<Option<CudaSlice<u8>>>,
     /// Device copies of [`CudaEngine::launch_many`]'s tables, by content.
     tables: RefCell<HashMap<Vec<u64>, CudaSlice<u64>>>,
+    /// Page-locked host buffers for [`Engine::download_async`], reused.
+    pinned: Rc<RefCell<Vec<(PinnedHostSlice<f32>, CudaEvent)>>>,
+    /// Bumped when the workspace or a table is replaced (see [`Engine::graph_epoch`]).
+    epoch: Cell<u64>,
+    recording: Cell<bool>,
+    allocations: Cell<u64>,
     kernels: Kernels,
     dnn: conv::Handle,
     blas: CudaBlas,
@@ -240,7 +248,11 @@ impl CudaEngine {
         // SAFETY: the engine uses a single stream, so cudarc's cross-stream event tracking is
         // unnecessary; every buffer is created after this call.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A stream of its own rather than the legacy default stream, which cannot be recorded
+        // into a CUDA graph.
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| format!("GPU {ordinal}: creating a stream: {e}"))?;
         keep_freed_memory(&ctx);
         let forced_tf32 = tf32 || env_on("CREMA_TF32");
         let blas = CudaBlas::new(stream.clone()).map_err(|e| format!("cublasCreate: {e}"))?;
@@ -251,6 +263,10 @@ impl CudaEngine {
             plans: RefCell::new(HashMap::new()),
             workspace: RefCell::new(None),
             tables: RefCell::new(HashMap::new()),
+            pinned: Rc::new(RefCell::new(Vec::new())),
+            epoch: Cell::new(0),
+            recording: Cell::new(false),
+            allocations: Cell::new(0),
             kernels,
             dnn,
             blas,
@@ -293,6 +309,7 @@ impl CudaEngine {
         if !tables.contains_key(&flat) {
             if tables.len() >= 64 {
                 tables.clear(); // a net rebuilt many times: keep the cache small
+                self.epoch.set(self.epoch.get() + 1);
             }
             let dev = self
                 .stream
@@ -382,6 +399,9 @@ impl CudaEngine {
         }
         let mut ws = self.workspace.borrow_mut();
         if ws.as_ref().is_none_or(|w| w.len() < bytes) {
+            if ws.is_some() {
+                self.epoch.set(self.epoch.get() + 1);
+            }
             *ws = None;
             let w = self
                 .stream
@@ -539,6 +559,7 @@ impl Engine for CudaEngine {
     }
 
     fn alloc(&self, n: usize) -> Buffer {
+        self.allocations.set(self.allocations.get() + 1);
         let r = if n == 0 {
             self.stream.null()
         } else {
@@ -555,6 +576,56 @@ impl Engine for CudaEngine {
         self.stream
             .clone_dtoh(s)
             .unwrap_or_else(|e| panic!("CUDA download of {} floats: {e}", s.len()))
+    }
+
+    fn download_async(&self, buf: &Buffer) -> Pending {
+        let s = dev(buf);
+        let n = s.len();
+        if n == 0 {
+            return Pending::Ready(Vec::new());
+        }
+        let reused = {
+            let mut pool = self.pinned.borrow_mut();
+            // Same length: the copy fills the whole host buffer.
+            pool.iter()
+                .position(|(p, _)| p.len() == n)
+                .map(|i| pool.swap_remove(i))
+        };
+        let (mut host, done) = match reused {
+            Some(h) => h,
+            None => {
+                // SAFETY: the memory is written by the copy below before it is read.
+                let host = unsafe { self.ctx.alloc_pinned_with_flags::<f32>(n, 0) }.unwrap_or_else(
+                    |e| panic!("CUDA: page-locking {n} floats of host memory: {e}"),
+                );
+                let done = self
+                    .ctx
+                    .new_event(None)
+                    .unwrap_or_else(|e| panic!("CUDA: creating an event: {e}"));
+                (host, done)
+            }
+        };
+        self.stream
+            .memcpy_dtoh(s, &mut host)
+            .unwrap_or_else(|e| panic!("CUDA download of {n} floats: {e}"));
+        // Our own event: cudarc records the buffer's only while it tracks events, which the
+        // engine turns off.
+        done.record(&self.stream)
+            .unwrap_or_else(|e| panic!("CUDA download of {n} floats: {e}"));
+        let pool = self.pinned.clone();
+        Pending::Later(Box::new(move || {
+            done.synchronize()
+                .unwrap_or_else(|e| panic!("CUDA download of {n} floats: {e}"));
+            let v = host
+                .as_slice()
+                .unwrap_or_else(|e| panic!("CUDA download of {n} floats: {e}"))
+                .to_vec();
+            let mut pool = pool.borrow_mut();
+            if pool.len() < 32 {
+                pool.push((host, done));
+            }
+            v
+        }))
     }
 
     fn upload(&self, src: &[f32], dst: &mut Buffer) {
@@ -1275,6 +1346,113 @@ impl Engine for CudaEngine {
             Arg::U64(self.p(dx)),
         ];
         self.launch("softmax_loss_bwd_f32", outer * ch * inner, &args);
+    }
+
+    fn softmax_loss_total(
+        &self,
+        dims: (usize, usize, usize),
+        prob: &Buffer,
+        labels: &Buffer,
+        ignore_label: Option<i32>,
+        fixed_divisor: f32,
+        by_valid: bool,
+        top: &mut Buffer,
+        stats: &mut Buffer,
+    ) {
+        let (outer, ch, inner) = dims;
+        let args = [
+            u(outer),
+            u(ch),
+            u(inner),
+            Arg::U64(self.p(prob)),
+            Arg::U64(self.p(labels)),
+            Arg::I32(ignore_label.is_some() as i32),
+            Arg::I32(ignore_label.unwrap_or(0)),
+            f(fixed_divisor),
+            Arg::I32(by_valid as i32),
+            Arg::U64(self.p(top)),
+            Arg::U64(self.p(stats)),
+        ];
+        // One block: the sum and the divisor in a single launch.
+        self.kernels
+            .launch(&self.stream, "softmax_loss_total_f32", 1, &args);
+    }
+
+    fn softmax_loss_backward_total(
+        &self,
+        dims: (usize, usize, usize),
+        prob: &Buffer,
+        labels: &Buffer,
+        ignore_label: Option<i32>,
+        dtop: &Buffer,
+        stats: &Buffer,
+        dx: &mut Buffer,
+    ) {
+        let (outer, ch, inner) = dims;
+        let args = [
+            u(outer),
+            u(ch),
+            u(inner),
+            Arg::U64(self.p(prob)),
+            Arg::U64(self.p(labels)),
+            Arg::I32(ignore_label.is_some() as i32),
+            Arg::I32(ignore_label.unwrap_or(0)),
+            Arg::U64(self.p(dtop)),
+            Arg::U64(self.p(stats)),
+            Arg::U64(self.p(dx)),
+        ];
+        self.launch("softmax_loss_bwd_total_f32", outer * ch * inner, &args);
+    }
+
+    fn begin_graph(&self) -> bool {
+        self.bind();
+        let mode = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
+        match self.stream.begin_capture(mode) {
+            Ok(()) => {
+                self.recording.set(true);
+                true
+            }
+            Err(e) => {
+                tracing::debug!("GPU {}: cannot record a CUDA graph: {e}", self.ordinal);
+                false
+            }
+        }
+    }
+
+    fn end_graph(&self) -> Result<Graph, String> {
+        // Scratch memory the graph allocates is freed by its next launch at the latest.
+        let flags = cudarc::driver::sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH;
+        self.recording.set(false);
+        let graph = self
+            .stream
+            .end_capture(flags)
+            .map_err(|e| format!("GPU {}: recording a CUDA graph: {e}", self.ordinal))?
+            .ok_or_else(|| format!("GPU {}: the recorded CUDA graph is empty", self.ordinal))?;
+        graph
+            .upload()
+            .map_err(|e| format!("GPU {}: uploading a CUDA graph: {e}", self.ordinal))?;
+        Ok(Graph(Box::new(graph)))
+    }
+
+    fn launch_graph(&self, graph: &Graph) {
+        let g = graph
+            .0
+            .downcast_ref::<CudaGraph>()
+            .expect("a graph recorded by another engine");
+        g.launch()
+            .unwrap_or_else(|e| panic!("CUDA graph launch on GPU {}: {e}", self.ordinal));
+    }
+
+    fn graph_epoch(&self) -> u64 {
+        self.epoch.get()
+    }
+
+    fn recording(&self) -> bool {
+        self.recording.get()
+    }
+
+    fn allocations(&self) -> u64 {
+        self.allocations.get()
     }
 
     fn dropout_forward(&self, ratio: f32, x: Option<&Buffer>, y: &mut Buffer, mask: &mut Buffer) {

@@ -1,0 +1,146 @@
+//! Replaying a training iteration's forward and backward passes from an engine graph (a CUDA
+//! graph on the GPU): one launch instead of one per operation, which is most of the time a
+//! small net's step costs.
+//!
+//! Caffe nets have static shapes, so after a few ordinary iterations (cuDNN's algorithm search,
+//! workspaces and tables settle in those) the passes are recorded once and replayed. Data layers
+//! run on their own before each replay; the solver update runs after it, with this iteration's
+//! learning rate. Whatever the engine replaces that a recording may point to (its workspace)
+//! changes [`Engine::graph_epoch`], and the passes are recorded again.
+
+use crate::engine::{Engine, Graph};
+use crate::net::Net;
+use crate::Result;
+
+/// Ordinary iterations before recording; one more is run whenever memory moved.
+const WARM_ITERATIONS: u32 = 2;
+/// Warm iterations that still allocate buffers before giving up on graphs for this net.
+const MAX_ALLOCATING_WARMUPS: u32 = 5;
+
+pub enum StepGraph {
+    /// Not decided yet (decided at the first training pass).
+    Unknown,
+    /// The net, the engine or the run (several workers, debug_info, CREMA_CUDA_GRAPH=0)
+    /// rules graphs out.
+    Off,
+    Warm {
+        /// Layers run before the graph each iteration (see [`Net::graph_plan`]).
+        inputs: Vec<bool>,
+        /// Ordinary iterations still to run.
+        left: u32,
+        /// Warm iterations that allocated buffers so far.
+        allocating: u32,
+    },
+    Ready {
+        inputs: Vec<bool>,
+        graph: Graph,
+        epoch: u64,
+    },
+}
+
+impl StepGraph {
+    /// Whether this iteration's passes came from a replay (its loss can be read later).
+    pub fn replaying(&self) -> bool {
+        matches!(self, StepGraph::Ready { .. })
+    }
+
+    /// Rules graphs out for the rest of the run.
+    pub fn disable(&mut self) {
+        *self = StepGraph::Off;
+    }
+
+    /// One forward and backward pass of `net`, replayed from a graph when possible. Returns
+    /// false (having done nothing) when graphs are off: the caller runs the passes itself.
+    pub fn pass(&mut self, net: &mut Net, engine: &dyn Engine) -> Result<bool> {
+        if matches!(self, StepGraph::Unknown) {
+            let off = std::env::var("CREMA_CUDA_GRAPH").is_ok_and(|v| v == "0");
+            *self = match net.graph_plan() {
+                Some(inputs) if !off => StepGraph::Warm {
+                    inputs,
+                    left: WARM_ITERATIONS,
+                    allocating: 0,
+                },
+                _ => StepGraph::Off,
+            };
+        }
+        let inputs = match self {
+            StepGraph::Unknown | StepGraph::Off => return Ok(false),
+            StepGraph::Warm { inputs, .. } | StepGraph::Ready { inputs, .. } => {
+                std::mem::take(inputs)
+            }
+        };
+        let result = self.pass_with(&inputs, net, engine);
+        if let StepGraph::Warm { inputs: i, .. } | StepGraph::Ready { inputs: i, .. } = self {
+            *i = inputs;
+        }
+        result.map(|()| true)
+    }
+
+    fn pass_with(&mut self, inputs: &[bool], net: &mut Net, engine: &dyn Engine) -> Result<()> {
+        let n = inputs.len();
+        net.forward_layers((0..n).filter(|&i| inputs[i]))?;
+        let rest = || (0..n).filter(|&i| !inputs[i]);
+        let epoch = engine.graph_epoch();
+        if let StepGraph::Ready { graph, epoch: e, .. } = self {
+            if *e == epoch {
+                engine.launch_graph(graph);
+                return Ok(());
+            }
+            tracing::debug!("engine memory moved: recording the training passes again");
+            *self = StepGraph::Warm {
+                inputs: vec![],
+                left: 1,
+                allocating: 0,
+            };
+        }
+        let StepGraph::Warm {
+            left, allocating, ..
+        } = self
+        else {
+            unreachable!("graph state is Warm here");
+        };
+        if *left > 0 {
+            let before = engine.allocations();
+            net.forward_layers(rest())?;
+            net.backward()?;
+            if engine.allocations() != before {
+                // Buffers made during a pass would belong to the recording: wait for a pass
+                // that makes none.
+                *allocating += 1;
+                if *allocating >= MAX_ALLOCATING_WARMUPS {
+                    tracing::debug!("the net allocates memory every iteration: no graph");
+                    *self = StepGraph::Off;
+                }
+            } else {
+                *left -= 1;
+            }
+            return Ok(());
+        }
+        if !engine.begin_graph() {
+            *self = StepGraph::Off;
+            net.forward_layers(rest())?;
+            return net.backward();
+        }
+        let recorded = net.forward_layers(rest()).and_then(|()| net.backward());
+        let graph = engine.end_graph();
+        recorded?;
+        match graph {
+            Ok(graph) => {
+                engine.launch_graph(&graph);
+                tracing::info!("Training passes recorded into a CUDA graph; replaying it from now on");
+                *self = StepGraph::Ready {
+                    inputs: vec![],
+                    graph,
+                    epoch,
+                };
+            }
+            Err(e) => {
+                tracing::warn!("{e}; training goes on without a graph");
+                *self = StepGraph::Off;
+                net.forward_layers(rest())?;
+                net.backward()?;
+            }
+        }
+        Ok(())
+    }
+}
