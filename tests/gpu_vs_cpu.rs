@@ -1199,7 +1199,14 @@ mod gpu {
         std::fs::write(d.join("solver.prototxt"), solver).unwrap();
         let run = |graph: &str| {
             let out = Command::new(crema_bin())
-                .args(["train", "--solver", "solver.prototxt", "--gpu", "0", "--deterministic"])
+                .args([
+                    "train",
+                    "--solver",
+                    "solver.prototxt",
+                    "--gpu",
+                    "0",
+                    "--deterministic",
+                ])
                 .env("CREMA_CUDA_GRAPH", graph)
                 .current_dir(d)
                 .output()
@@ -1222,7 +1229,10 @@ mod gpu {
         };
         for pattern in ["), loss = ", "accuracy = ", "Iteration 290, lr = "] {
             let (a, b) = (values(&eager, pattern), values(&replayed, pattern));
-            assert!(!a.is_empty() && a.len() == b.len(), "{pattern}: {a:?} vs {b:?}");
+            assert!(
+                !a.is_empty() && a.len() == b.len(),
+                "{pattern}: {a:?} vs {b:?}"
+            );
             for (x, y) in a.iter().zip(&b) {
                 assert!(
                     (x - y).abs() <= 1e-5 * x.abs().max(1.0),
@@ -1230,6 +1240,65 @@ mod gpu {
                 );
             }
         }
+    }
+
+    /// A label outside the class range that first appears while the passes are replayed from a
+    /// graph (no host check runs then) stops training with the loss layer named and the cause,
+    /// as the ordinary path does.
+    #[test]
+    fn a_bad_label_during_replay_is_named() {
+        if gpu().is_none() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // 40 grey 8×8 images: the first 24 (six batches of 4) labelled 0-9, the rest 12.
+        let mut list = String::new();
+        for k in 0..40u32 {
+            let img = image::GrayImage::from_fn(8, 8, |x, y| {
+                image::Luma([((x * 31 + y * 7 + k * 13) % 256) as u8])
+            });
+            let path = d.join(format!("i{k}.png"));
+            img.save(&path).unwrap();
+            let label = if k < 24 { k % 10 } else { 12 };
+            list.push_str(&format!("{} {label}\n", path.display()));
+        }
+        std::fs::write(d.join("list.txt"), list).unwrap();
+        let net = "layer { name: \"data\" type: \"ImageData\" top: \"data\" top: \"label\"\n\
+                   image_data_param { source: \"list.txt\" batch_size: 4 is_color: false } }\n\
+                   layer { name: \"ip\" type: \"InnerProduct\" bottom: \"data\" top: \"ip\"\n\
+                   inner_product_param { num_output: 10 weight_filler { type: \"xavier\" } } }\n\
+                   layer { name: \"loss\" type: \"SoftmaxWithLoss\" bottom: \"ip\" bottom: \"label\" top: \"loss\" }\n";
+        std::fs::write(d.join("net.prototxt"), net).unwrap();
+        let solver = "net: \"net.prototxt\"\nbase_lr: 0.01\nlr_policy: \"fixed\"\nmax_iter: 20\n\
+                      display: 0\nsnapshot: 0\nsnapshot_prefix: \"x\"\n";
+        std::fs::write(d.join("solver.prototxt"), solver).unwrap();
+        let run = |graph: &str| {
+            let out = Command::new(crema_bin())
+                .args(["train", "--solver", "solver.prototxt", "--gpu", "0"])
+                .env("CREMA_CUDA_GRAPH", graph)
+                .current_dir(d)
+                .output()
+                .expect("run crema");
+            assert!(
+                !out.status.success(),
+                "training on label 12 of 10 classes succeeded"
+            );
+            String::from_utf8_lossy(&out.stderr).to_string()
+        };
+        let replayed = run("1");
+        assert!(
+            replayed.contains("recorded into a CUDA graph"),
+            "{replayed}"
+        );
+        assert!(
+            replayed
+                .contains("at iteration 6: layer `loss` (SoftmaxWithLoss): labels outside [0, 10)"),
+            "{replayed}"
+        );
+        assert!(!replayed.contains("panicked"), "{replayed}");
+        let eager = run("0");
+        assert!(eager.contains("label 12 is outside [0, 10)"), "{eager}");
     }
 
     #[test]

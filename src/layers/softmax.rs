@@ -129,7 +129,7 @@ impl Layer for SoftmaxWithLoss {
         let bad = stats.get(1).copied().unwrap_or(0.0);
         (bad > 0.0).then(|| {
             format!(
-                "{bad} label(s) outside [0, {}); check the data's labels or num_output",
+                "labels outside [0, {}) in its input; check the data's labels or num_output",
                 self.dims.1
             )
         })

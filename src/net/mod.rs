@@ -345,7 +345,7 @@ impl Net {
 
     /// The weighted loss tops of layers [start, end), on their way to the host: the loss is
     /// Σ weight × Σ values (see [`settle_loss`]).
-    pub fn pending_loss(&self, start: usize, end: usize) -> Vec<(Pending, f32)> {
+    pub fn pending_loss(&self, start: usize, end: usize) -> PendingLoss {
         let mut out = Vec::new();
         for l in &self.layers[start..end] {
             for (&t, w) in l.tops.iter().zip(&l.loss_weights) {
@@ -604,8 +604,11 @@ impl Net {
     }
 }
 
+/// Loss tops on their way to the host, each with its loss weight (see [`Net::pending_loss`]).
+pub type PendingLoss = Vec<(Pending, f32)>;
+
 /// Waits for the values of [`Net::pending_loss`] and sums them with their weights.
-pub fn settle_loss(pending: Vec<(Pending, f32)>) -> f32 {
+pub fn settle_loss(pending: PendingLoss) -> f32 {
     pending
         .into_iter()
         .map(|(p, w)| w * p.wait().iter().sum::<f32>())

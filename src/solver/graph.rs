@@ -81,7 +81,10 @@ impl StepGraph {
         net.forward_layers((0..n).filter(|&i| inputs[i]))?;
         let rest = || (0..n).filter(|&i| !inputs[i]);
         let epoch = engine.graph_epoch();
-        if let StepGraph::Ready { graph, epoch: e, .. } = self {
+        if let StepGraph::Ready {
+            graph, epoch: e, ..
+        } = self
+        {
             if *e == epoch {
                 engine.launch_graph(graph);
                 return Ok(());
@@ -127,7 +130,9 @@ impl StepGraph {
         match graph {
             Ok(graph) => {
                 engine.launch_graph(&graph);
-                tracing::info!("Training passes recorded into a CUDA graph; replaying it from now on");
+                tracing::info!(
+                    "Training passes recorded into a CUDA graph; replaying it from now on"
+                );
                 *self = StepGraph::Ready {
                     inputs: vec![],
                     graph,

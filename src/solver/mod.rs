@@ -4,9 +4,9 @@ mod graph;
 pub mod lr;
 
 use crate::blob::BlobRef;
-use crate::engine::{Buffer, Engine, Pending, SgdParam, SgdStep, UpdateRule};
+use crate::engine::{Buffer, Engine, SgdParam, SgdStep, UpdateRule};
 use crate::layers::Phase;
-use crate::net::{settle_loss, Net, State};
+use crate::net::{settle_loss, Net, PendingLoss, State};
 use crate::parallel::{Collective, Shard};
 use crate::{bail, Error, Result};
 use crema_proto::caffe::{NetParameter, SolverParameter, SolverState};
@@ -178,7 +178,7 @@ pub struct Solver {
     graph: graph::StepGraph,
     /// A replayed iteration whose loss is still on its way to the host: (iteration, losses of
     /// its iter_size passes).
-    unsettled: Option<(i32, Vec<Vec<(Pending, f32)>>)>,
+    unsettled: Option<(i32, Vec<PendingLoss>)>,
 }
 
 /// Gradients are averaged in buckets of at least this many values: each layer's gradients join

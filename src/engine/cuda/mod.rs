@@ -30,6 +30,9 @@ use std::sync::Arc;
 
 pub use loader::ensure_libraries;
 
+/// A page-locked host buffer and the event that marks its copy done.
+type PinnedCopy = (PinnedHostSlice<f32>, CudaEvent);
+
 /// Runs every operation on one NVIDIA GPU.
 pub struct CudaEngine {
     // Field order is drop order: device memory and descriptors before the handles and context.
@@ -39,7 +42,7 @@ pub struct CudaEngine {
     /// Device copies of [`CudaEngine::launch_many`]'s tables, by content.
     tables: RefCell<HashMap<Vec<u64>, CudaSlice<u64>>>,
     /// Page-locked host buffers for [`Engine::download_async`], reused.
-    pinned: Rc<RefCell<Vec<(PinnedHostSlice<f32>, CudaEvent)>>>,
+    pinned: Rc<RefCell<Vec<PinnedCopy>>>,
     /// Bumped when the workspace or a table is replaced (see [`Engine::graph_epoch`]).
     epoch: Cell<u64>,
     recording: Cell<bool>,
@@ -595,9 +598,10 @@ impl Engine for CudaEngine {
             Some(h) => h,
             None => {
                 // SAFETY: the memory is written by the copy below before it is read.
-                let host = unsafe { self.ctx.alloc_pinned_with_flags::<f32>(n, 0) }.unwrap_or_else(
-                    |e| panic!("CUDA: page-locking {n} floats of host memory: {e}"),
-                );
+                let host =
+                    unsafe { self.ctx.alloc_pinned_with_flags::<f32>(n, 0) }.unwrap_or_else(|e| {
+                        panic!("CUDA: page-locking {n} floats of host memory: {e}")
+                    });
                 let done = self
                     .ctx
                     .new_event(None)
