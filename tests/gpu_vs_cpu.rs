@@ -1301,6 +1301,74 @@ mod gpu {
         assert!(eager.contains("label 12 is outside [0, 10)"), "{eager}");
     }
 
+    /// Batches whose shape changes mid-run (ImageData without resizing) are not replayed from a
+    /// graph recorded for another shape: the losses match the run without graphs.
+    #[test]
+    fn a_batch_of_another_shape_is_not_replayed_from_a_stale_graph() {
+        if gpu().is_none() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // Batches of 4: batches 0-5 of 8×8 images, 6-9 of 12×12, then 8×8 again.
+        let mut list = String::new();
+        for k in 0..64u32 {
+            let side = if (24..40).contains(&k) { 12 } else { 8 };
+            let img = image::GrayImage::from_fn(side, side, |x, y| {
+                image::Luma([((x * 29 + y * 11 + k * 17) % 256) as u8])
+            });
+            let path = d.join(format!("i{k}.png"));
+            img.save(&path).unwrap();
+            list.push_str(&format!("{} {}\n", path.display(), k % 10));
+        }
+        std::fs::write(d.join("list.txt"), list).unwrap();
+        let net = "layer { name: \"data\" type: \"ImageData\" top: \"data\" top: \"label\"\n\
+                   transform_param { scale: 0.00390625 }\n\
+                   image_data_param { source: \"list.txt\" batch_size: 4 is_color: false } }\n\
+                   layer { name: \"conv\" type: \"Convolution\" bottom: \"data\" top: \"conv\"\n\
+                   convolution_param { num_output: 16 kernel_size: 3 weight_filler { type: \"xavier\" } } }\n\
+                   layer { name: \"pool\" type: \"Pooling\" bottom: \"conv\" top: \"pool\"\n\
+                   pooling_param { pool: AVE global_pooling: true } }\n\
+                   layer { name: \"ip\" type: \"InnerProduct\" bottom: \"pool\" top: \"ip\"\n\
+                   inner_product_param { num_output: 10 weight_filler { type: \"xavier\" } } }\n\
+                   layer { name: \"loss\" type: \"SoftmaxWithLoss\" bottom: \"ip\" bottom: \"label\" top: \"loss\" }\n";
+        std::fs::write(d.join("net.prototxt"), net).unwrap();
+        let solver = "net: \"net.prototxt\"\nbase_lr: 0.1\nmomentum: 0.9\nlr_policy: \"fixed\"\n\
+                      max_iter: 30\ndisplay: 1\nsnapshot: 0\nsnapshot_prefix: \"x\"\nrandom_seed: 1\n";
+        std::fs::write(d.join("solver.prototxt"), solver).unwrap();
+        let run = |graph: &str| {
+            let out = Command::new(crema_bin())
+                .args([
+                    "train",
+                    "--solver",
+                    "solver.prototxt",
+                    "--gpu",
+                    "0",
+                    "--deterministic",
+                ])
+                .env("CREMA_CUDA_GRAPH", graph)
+                .current_dir(d)
+                .output()
+                .expect("run crema");
+            let text = String::from_utf8_lossy(&out.stderr).to_string();
+            assert!(out.status.success(), "crema train failed:\n{text}");
+            text
+        };
+        let (eager, replayed) = (run("0"), run("1"));
+        assert!(
+            replayed.contains("recorded into a CUDA graph"),
+            "{replayed}"
+        );
+        let losses = |log: &str| -> Vec<String> {
+            log.lines()
+                .filter_map(|l| l.split("), loss = ").nth(1).map(str::to_string))
+                .collect()
+        };
+        let (a, b) = (losses(&eager), losses(&replayed));
+        assert_eq!(a.len(), 30, "{eager}");
+        assert_eq!(a, b, "losses without and with graphs differ");
+    }
+
     #[test]
     fn lenet_trains_alike_on_cpu_and_gpu() {
         if gpu().is_none() {

@@ -6,7 +6,8 @@
 //! workspaces and tables settle in those) the passes are recorded once and replayed. Data layers
 //! run on their own before each replay; the solver update runs after it, with this iteration's
 //! learning rate. Whatever the engine replaces that a recording may point to (its workspace)
-//! changes [`Engine::graph_epoch`], and the passes are recorded again.
+//! changes [`Engine::graph_epoch`], and a batch of another shape changes the geometry: either way
+//! the passes run once more on their own and are recorded again.
 
 use crate::engine::{Engine, Graph};
 use crate::net::Net;
@@ -30,12 +31,28 @@ pub enum StepGraph {
         left: u32,
         /// Warm iterations that allocated buffers so far.
         allocating: u32,
+        /// The data layers' top shapes of the last ordinary pass: recording needs the same, so
+        /// that no layer reshapes (and allocates) while being recorded.
+        shapes: Vec<Vec<usize>>,
     },
     Ready {
         inputs: Vec<bool>,
         graph: Graph,
         epoch: u64,
+        /// The data layers' top shapes the graph was recorded with: a batch of another shape
+        /// (ImageData without resizing) means other geometry and possibly other memory.
+        shapes: Vec<Vec<usize>>,
     },
+}
+
+/// The shapes of the tops of the layers marked in `inputs`.
+fn input_shapes(net: &Net, inputs: &[bool]) -> Vec<Vec<usize>> {
+    net.layers()
+        .iter()
+        .zip(inputs)
+        .filter(|(_, input)| **input)
+        .flat_map(|(l, _)| l.tops.iter().map(|&t| net.blob_at(t).shape()))
+        .collect()
 }
 
 impl StepGraph {
@@ -59,6 +76,7 @@ impl StepGraph {
                     inputs,
                     left: WARM_ITERATIONS,
                     allocating: 0,
+                    shapes: vec![],
                 },
                 _ => StepGraph::Off,
             };
@@ -82,26 +100,39 @@ impl StepGraph {
         let rest = || (0..n).filter(|&i| !inputs[i]);
         let epoch = engine.graph_epoch();
         if let StepGraph::Ready {
-            graph, epoch: e, ..
+            graph,
+            epoch: e,
+            shapes,
+            ..
         } = self
         {
-            if *e == epoch {
+            if *e == epoch && *shapes == input_shapes(net, inputs) {
                 engine.launch_graph(graph);
                 return Ok(());
             }
-            tracing::debug!("engine memory moved: recording the training passes again");
+            tracing::debug!("engine memory or input shapes changed: recording the passes again");
             *self = StepGraph::Warm {
                 inputs: vec![],
                 left: 1,
                 allocating: 0,
+                shapes: vec![],
             };
         }
         let StepGraph::Warm {
-            left, allocating, ..
+            left,
+            allocating,
+            shapes,
+            ..
         } = self
         else {
             unreachable!("graph state is Warm here");
         };
+        let now = input_shapes(net, inputs);
+        if *shapes != now {
+            // Another batch shape than the last ordinary pass saw: one more ordinary pass.
+            *left = (*left).max(1);
+            *shapes = now;
+        }
         if *left > 0 {
             let before = engine.allocations();
             net.forward_layers(rest())?;
@@ -137,6 +168,7 @@ impl StepGraph {
                     inputs: vec![],
                     graph,
                     epoch,
+                    shapes: input_shapes(net, inputs),
                 };
             }
             Err(e) => {
