@@ -49,9 +49,13 @@ extern "C" __global__ void softmax_loss_f32(u64 outer, u64 ch, u64 inner, const 
   }
 }
 
+// dx = scale (prob - onehot(label)), 0 where the label is ignored. With dtop set, the scale is read
+// from the device instead: dtop[0] / stats[0] (see softmax_loss_total_f32), so nothing waits for the
+// host.
 extern "C" __global__ void softmax_loss_bwd_f32(u64 outer, u64 ch, u64 inner, const float* prob,
                                                 const float* labels, int has_ignore, int ignore, float scale,
-                                                float* dx) {
+                                                const float* dtop, const float* stats, float* dx) {
+  if (dtop) scale = dtop[0] / stats[0];
   CUDA_LOOP(q, outer * ch * inner) {
     u64 i = q % inner, c = (q / inner) % ch, o = q / (ch * inner);
     int label = (int)labels[o * inner + i];
@@ -106,22 +110,5 @@ extern "C" __global__ void softmax_loss_total_f32(u64 outer, u64 ch, u64 inner, 
     stats[0] = norm;
     stats[1] += (float)s_bad[0];
     top[0] = s_bad[0] ? __int_as_float(0x7fc00000) : (float)s_loss[0] / norm;
-  }
-}
-
-// softmax_loss_bwd_f32 with its scale read from the device: dtop[0] / stats[0].
-extern "C" __global__ void softmax_loss_bwd_total_f32(u64 outer, u64 ch, u64 inner, const float* prob,
-                                                      const float* labels, int has_ignore, int ignore,
-                                                      const float* dtop, const float* stats, float* dx) {
-  float scale = dtop[0] / stats[0];
-  CUDA_LOOP(q, outer * ch * inner) {
-    u64 i = q % inner, c = (q / inner) % ch, o = q / (ch * inner);
-    int label = (int)labels[o * inner + i];
-    if (has_ignore && label == ignore) {
-      dx[q] = 0.0f;
-    } else {
-      float t = (int)c == label ? 1.0f : 0.0f;
-      dx[q] = scale * (prob[q] - t);
-    }
   }
 }

@@ -1148,6 +1148,22 @@ mod gpu {
         assert!(forced.tf32(), "--tf32 wins over a net's STRICT_FP32");
     }
 
+    /// `crema train --solver solver.prototxt --gpu 0 EXTRA` in `dir` with CREMA_CUDA_GRAPH set to
+    /// `graph`: (whether it succeeded, its log).
+    fn train_on_gpu(dir: &Path, graph: &str, extra: &[&str]) -> (bool, String) {
+        let out = Command::new(crema_bin())
+            .args(["train", "--solver", "solver.prototxt", "--gpu", "0"])
+            .args(extra)
+            .env("CREMA_CUDA_GRAPH", graph)
+            .current_dir(dir)
+            .output()
+            .expect("run crema");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    }
+
     /// A temporary folder with MNIST LMDBs (images 0-7,999 to train, 8,000-9,999 to test) and
     /// BVLC's LeNet net reading them as `net.prototxt`.
     fn lenet_workdir(shared: &Path) -> tempfile::TempDir {
@@ -1198,21 +1214,12 @@ mod gpu {
                       max_iter: 300\nsnapshot: 0\nsnapshot_prefix: \"lenet\"\nrandom_seed: 1\n";
         std::fs::write(d.join("solver.prototxt"), solver).unwrap();
         let run = |graph: &str| {
-            let out = Command::new(crema_bin())
-                .args([
-                    "train",
-                    "--solver",
-                    "solver.prototxt",
-                    "--gpu",
-                    "0",
-                    "--deterministic",
-                ])
-                .env("CREMA_CUDA_GRAPH", graph)
-                .current_dir(d)
-                .output()
-                .expect("run crema");
-            let text = String::from_utf8_lossy(&out.stderr).to_string();
-            assert!(out.status.success(), "crema train failed:\n{text}");
+            let (ok, text) = train_on_gpu(d, graph, &["--deterministic"]);
+            assert!(
+                ok,
+                "crema train failed:
+{text}"
+            );
             text
         };
         let (eager, replayed) = (run("0"), run("1"));
@@ -1274,17 +1281,9 @@ mod gpu {
                       display: 0\nsnapshot: 0\nsnapshot_prefix: \"x\"\n";
         std::fs::write(d.join("solver.prototxt"), solver).unwrap();
         let run = |graph: &str| {
-            let out = Command::new(crema_bin())
-                .args(["train", "--solver", "solver.prototxt", "--gpu", "0"])
-                .env("CREMA_CUDA_GRAPH", graph)
-                .current_dir(d)
-                .output()
-                .expect("run crema");
-            assert!(
-                !out.status.success(),
-                "training on label 12 of 10 classes succeeded"
-            );
-            String::from_utf8_lossy(&out.stderr).to_string()
+            let (ok, text) = train_on_gpu(d, graph, &[]);
+            assert!(!ok, "training on label 12 of 10 classes succeeded");
+            text
         };
         let replayed = run("1");
         assert!(
@@ -1337,21 +1336,12 @@ mod gpu {
                       max_iter: 30\ndisplay: 1\nsnapshot: 0\nsnapshot_prefix: \"x\"\nrandom_seed: 1\n";
         std::fs::write(d.join("solver.prototxt"), solver).unwrap();
         let run = |graph: &str| {
-            let out = Command::new(crema_bin())
-                .args([
-                    "train",
-                    "--solver",
-                    "solver.prototxt",
-                    "--gpu",
-                    "0",
-                    "--deterministic",
-                ])
-                .env("CREMA_CUDA_GRAPH", graph)
-                .current_dir(d)
-                .output()
-                .expect("run crema");
-            let text = String::from_utf8_lossy(&out.stderr).to_string();
-            assert!(out.status.success(), "crema train failed:\n{text}");
+            let (ok, text) = train_on_gpu(d, graph, &["--deterministic"]);
+            assert!(
+                ok,
+                "crema train failed:
+{text}"
+            );
             text
         };
         let (eager, replayed) = (run("0"), run("1"));

@@ -18,15 +18,19 @@ const WARM_ITERATIONS: u32 = 2;
 /// Warm iterations that still allocate buffers before giving up on graphs for this net.
 const MAX_ALLOCATING_WARMUPS: u32 = 5;
 
-pub enum StepGraph {
+pub struct StepGraph {
+    state: State,
+    /// Layers run on their own before the graph each iteration (see [`Net::graph_plan`]).
+    inputs: Vec<bool>,
+}
+
+enum State {
     /// Not decided yet (decided at the first training pass).
     Unknown,
     /// The net, the engine or the run (several workers, debug_info, CREMA_CUDA_GRAPH=0)
     /// rules graphs out.
     Off,
     Warm {
-        /// Layers run before the graph each iteration (see [`Net::graph_plan`]).
-        inputs: Vec<bool>,
         /// Ordinary iterations still to run.
         left: u32,
         /// Warm iterations that allocated buffers so far.
@@ -36,7 +40,6 @@ pub enum StepGraph {
         shapes: Vec<Vec<usize>>,
     },
     Ready {
-        inputs: Vec<bool>,
         graph: Graph,
         epoch: u64,
         /// The data layers' top shapes the graph was recorded with: a batch of another shape
@@ -56,74 +59,71 @@ fn input_shapes(net: &Net, inputs: &[bool]) -> Vec<Vec<usize>> {
 }
 
 impl StepGraph {
+    /// Undecided until the first training pass.
+    pub fn new() -> Self {
+        StepGraph {
+            state: State::Unknown,
+            inputs: vec![],
+        }
+    }
+
     /// Whether this iteration's passes came from a replay (its loss can be read later).
     pub fn replaying(&self) -> bool {
-        matches!(self, StepGraph::Ready { .. })
+        matches!(self.state, State::Ready { .. })
     }
 
     /// Rules graphs out for the rest of the run.
     pub fn disable(&mut self) {
-        *self = StepGraph::Off;
+        self.state = State::Off;
     }
 
     /// One forward and backward pass of `net`, replayed from a graph when possible. Returns
     /// false (having done nothing) when graphs are off: the caller runs the passes itself.
     pub fn pass(&mut self, net: &mut Net, engine: &dyn Engine) -> Result<bool> {
-        if matches!(self, StepGraph::Unknown) {
+        if matches!(self.state, State::Unknown) {
             let off = std::env::var("CREMA_CUDA_GRAPH").is_ok_and(|v| v == "0");
-            *self = match net.graph_plan() {
-                Some(inputs) if !off => StepGraph::Warm {
-                    inputs,
-                    left: WARM_ITERATIONS,
-                    allocating: 0,
-                    shapes: vec![],
-                },
-                _ => StepGraph::Off,
+            self.state = match net.graph_plan() {
+                Some(inputs) if !off => {
+                    self.inputs = inputs;
+                    State::Warm {
+                        left: WARM_ITERATIONS,
+                        allocating: 0,
+                        shapes: vec![],
+                    }
+                }
+                _ => State::Off,
             };
         }
-        let inputs = match self {
-            StepGraph::Unknown | StepGraph::Off => return Ok(false),
-            StepGraph::Warm { inputs, .. } | StepGraph::Ready { inputs, .. } => {
-                std::mem::take(inputs)
-            }
-        };
-        let result = self.pass_with(&inputs, net, engine);
-        if let StepGraph::Warm { inputs: i, .. } | StepGraph::Ready { inputs: i, .. } = self {
-            *i = inputs;
+        if matches!(self.state, State::Unknown | State::Off) {
+            return Ok(false);
         }
-        result.map(|()| true)
-    }
-
-    fn pass_with(&mut self, inputs: &[bool], net: &mut Net, engine: &dyn Engine) -> Result<()> {
+        let inputs = &self.inputs;
         let n = inputs.len();
         net.forward_layers((0..n).filter(|&i| inputs[i]))?;
         let rest = || (0..n).filter(|&i| !inputs[i]);
         let epoch = engine.graph_epoch();
-        if let StepGraph::Ready {
+        if let State::Ready {
             graph,
             epoch: e,
             shapes,
-            ..
-        } = self
+        } = &self.state
         {
             if *e == epoch && *shapes == input_shapes(net, inputs) {
                 engine.launch_graph(graph);
-                return Ok(());
+                return Ok(true);
             }
             tracing::debug!("engine memory or input shapes changed: recording the passes again");
-            *self = StepGraph::Warm {
-                inputs: vec![],
+            self.state = State::Warm {
                 left: 1,
                 allocating: 0,
                 shapes: vec![],
             };
         }
-        let StepGraph::Warm {
+        let State::Warm {
             left,
             allocating,
             shapes,
-            ..
-        } = self
+        } = &mut self.state
         else {
             unreachable!("graph state is Warm here");
         };
@@ -143,17 +143,18 @@ impl StepGraph {
                 *allocating += 1;
                 if *allocating >= MAX_ALLOCATING_WARMUPS {
                     tracing::debug!("the net allocates memory every iteration: no graph");
-                    *self = StepGraph::Off;
+                    self.state = State::Off;
                 }
             } else {
                 *left -= 1;
             }
-            return Ok(());
+            return Ok(true);
         }
         if !engine.begin_graph() {
-            *self = StepGraph::Off;
+            self.state = State::Off;
             net.forward_layers(rest())?;
-            return net.backward();
+            net.backward()?;
+            return Ok(true);
         }
         let recorded = net.forward_layers(rest()).and_then(|()| net.backward());
         let graph = engine.end_graph();
@@ -164,8 +165,7 @@ impl StepGraph {
                 tracing::info!(
                     "Training passes recorded into a CUDA graph; replaying it from now on"
                 );
-                *self = StepGraph::Ready {
-                    inputs: vec![],
+                self.state = State::Ready {
                     graph,
                     epoch,
                     shapes: input_shapes(net, inputs),
@@ -173,11 +173,11 @@ impl StepGraph {
             }
             Err(e) => {
                 tracing::warn!("{e}; training goes on without a graph");
-                *self = StepGraph::Off;
+                self.state = State::Off;
                 net.forward_layers(rest())?;
                 net.backward()?;
             }
         }
-        Ok(())
+        Ok(true)
     }
 }

@@ -358,7 +358,7 @@ impl Solver {
             collective: None,
             synced: true,
             ready_after: vec![],
-            graph: graph::StepGraph::Unknown,
+            graph: graph::StepGraph::new(),
             unsettled: None,
         })
     }

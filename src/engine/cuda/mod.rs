@@ -417,6 +417,46 @@ impl CudaEngine {
         (ptr, w.len())
     }
 
+    /// The arguments every softmax-loss kernel starts with.
+    fn loss_args(
+        &self,
+        (outer, ch, inner): (usize, usize, usize),
+        prob: &Buffer,
+        labels: &Buffer,
+        ignore_label: Option<i32>,
+    ) -> Vec<Arg> {
+        vec![
+            u(outer),
+            u(ch),
+            u(inner),
+            Arg::U64(self.p(prob)),
+            Arg::U64(self.p(labels)),
+            Arg::I32(ignore_label.is_some() as i32),
+            Arg::I32(ignore_label.unwrap_or(0)),
+        ]
+    }
+
+    /// The softmax loss's gradient with its scale given (`scale`, 0, 0) or read on the device as
+    /// dtop[0] / stats[0] (_, dtop, stats).
+    fn loss_backward(
+        &self,
+        dims: (usize, usize, usize),
+        prob: &Buffer,
+        labels: &Buffer,
+        ignore_label: Option<i32>,
+        (scale, dtop, stats): (f32, u64, u64),
+        dx: &mut Buffer,
+    ) {
+        let mut args = self.loss_args(dims, prob, labels, ignore_label);
+        args.extend([
+            f(scale),
+            Arg::U64(dtop),
+            Arg::U64(stats),
+            Arg::U64(self.p(dx)),
+        ]);
+        self.launch("softmax_loss_bwd_f32", dims.0 * dims.1 * dims.2, &args);
+    }
+
     fn oom(&self, what: &str, bytes: usize, e: impl std::fmt::Display) -> ! {
         let (free, total) = self.ctx.mem_get_info().unwrap_or((0, 0));
         panic!(
@@ -1307,16 +1347,8 @@ impl Engine for CudaEngine {
             .alloc_zeros(2 * n)
             .unwrap_or_else(|e| self.oom("softmax loss terms", 16 * n, e));
         let (po, _s) = out.device_ptr(&self.stream);
-        let args = [
-            u(outer),
-            u(ch),
-            u(inner),
-            Arg::U64(self.p(prob)),
-            Arg::U64(self.p(labels)),
-            Arg::I32(ignore_label.is_some() as i32),
-            Arg::I32(ignore_label.unwrap_or(0)),
-            Arg::U64(po),
-        ];
+        let mut args = self.loss_args((outer, ch, inner), prob, labels, ignore_label);
+        args.push(Arg::U64(po));
         self.launch("softmax_loss_f32", n, &args);
         let host = self
             .stream
@@ -1338,18 +1370,8 @@ impl Engine for CudaEngine {
         scale: f32,
         dx: &mut Buffer,
     ) {
-        let args = [
-            u(outer),
-            u(ch),
-            u(inner),
-            Arg::U64(self.p(prob)),
-            Arg::U64(self.p(labels)),
-            Arg::I32(ignore_label.is_some() as i32),
-            Arg::I32(ignore_label.unwrap_or(0)),
-            f(scale),
-            Arg::U64(self.p(dx)),
-        ];
-        self.launch("softmax_loss_bwd_f32", outer * ch * inner, &args);
+        let dims = (outer, ch, inner);
+        self.loss_backward(dims, prob, labels, ignore_label, (scale, 0, 0), dx);
     }
 
     fn softmax_loss_total(
@@ -1363,20 +1385,13 @@ impl Engine for CudaEngine {
         top: &mut Buffer,
         stats: &mut Buffer,
     ) {
-        let (outer, ch, inner) = dims;
-        let args = [
-            u(outer),
-            u(ch),
-            u(inner),
-            Arg::U64(self.p(prob)),
-            Arg::U64(self.p(labels)),
-            Arg::I32(ignore_label.is_some() as i32),
-            Arg::I32(ignore_label.unwrap_or(0)),
+        let mut args = self.loss_args(dims, prob, labels, ignore_label);
+        args.extend([
             f(fixed_divisor),
             Arg::I32(by_valid as i32),
             Arg::U64(self.p(top)),
             Arg::U64(self.p(stats)),
-        ];
+        ]);
         // One block: the sum and the divisor in a single launch.
         self.kernels
             .launch(&self.stream, "softmax_loss_total_f32", 1, &args);
@@ -1392,20 +1407,8 @@ impl Engine for CudaEngine {
         stats: &Buffer,
         dx: &mut Buffer,
     ) {
-        let (outer, ch, inner) = dims;
-        let args = [
-            u(outer),
-            u(ch),
-            u(inner),
-            Arg::U64(self.p(prob)),
-            Arg::U64(self.p(labels)),
-            Arg::I32(ignore_label.is_some() as i32),
-            Arg::I32(ignore_label.unwrap_or(0)),
-            Arg::U64(self.p(dtop)),
-            Arg::U64(self.p(stats)),
-            Arg::U64(self.p(dx)),
-        ];
-        self.launch("softmax_loss_bwd_total_f32", outer * ch * inner, &args);
+        let scale_at = (0.0, self.p(dtop), self.p(stats));
+        self.loss_backward(dims, prob, labels, ignore_label, scale_at, dx);
     }
 
     fn begin_graph(&self) -> bool {
