@@ -194,3 +194,38 @@ extern "C" __global__ void fill_many_f32(u64 total, const u64* table, unsigned c
     ((float*)table[5 * t])[i - table[5 * t + 3]] = v;
   }
 }
+
+// Crops the prefetcher cut as bytes (N x C x H x W), finished as Caffe's transformer does:
+// y = (x - mean) * scale, the mean read from `mean_image` (C x src_h x src_w) at the item's
+// uncropped position (place[3i..3i+3] = row offset, column offset, mirrored), or from
+// `channel_means` (one per channel); both null: no mean.
+extern "C" __global__ void finish_bytes_f32(u64 n, int c, int h, int w, int src_h, int src_w,
+                                            const unsigned char* x, const int* place,
+                                            const float* mean_image, const float* channel_means,
+                                            float scale, float* y) {
+  CUDA_LOOP(i, n) {
+    // 32-bit division where the index fits (every real batch): 64-bit division is slow.
+    u64 item;
+    unsigned col, row, ch;
+    if (n < (1ull << 32)) {
+      unsigned r = (unsigned)i;
+      col = r % (unsigned)w; r /= (unsigned)w;
+      row = r % (unsigned)h; r /= (unsigned)h;
+      ch = r % (unsigned)c; item = r / (unsigned)c;
+    } else {
+      u64 r = i;
+      col = (unsigned)(r % (u64)w); r /= (u64)w;
+      row = (unsigned)(r % (u64)h); r /= (u64)h;
+      ch = (unsigned)(r % (u64)c); item = r / (u64)c;
+    }
+    float v = (float)x[i];
+    if (mean_image) {
+      const int* p = place + 3 * item;
+      unsigned sx = p[2] ? (unsigned)w - 1 - col : col;
+      v = v - mean_image[((u64)ch * src_h + p[0] + row) * src_w + p[1] + sx];
+    } else if (channel_means) {
+      v = v - channel_means[ch];
+    }
+    y[i] = v * scale;
+  }
+}

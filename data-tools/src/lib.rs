@@ -14,7 +14,7 @@ pub use image_io::decode_datum;
 pub use imageset::{
     convert_imageset, load_image_datum, read_list_file, ConvertOptions, ConvertSummary,
 };
-pub use lmdb::{parse_datum, read_all, DatumReader, DatumWriter};
+pub use lmdb::{parse_datum, read_all, DatumLookup, DatumReader, DatumWriter};
 pub use mean::{compute_image_mean, load_mean, write_mean, MeanImage};
 pub use mnist::convert_mnist;
 pub use transform::Transformer;

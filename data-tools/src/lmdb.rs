@@ -300,6 +300,33 @@ pub struct DatumReader {
     stride: usize,
     /// Entries still to pass over before the next one is kept.
     pass_over: usize,
+    /// False once [`DatumReader::keys_only`] was called: values stay in the database.
+    copy_values: bool,
+}
+
+/// Looks Datums up by key, on any thread and several at once, each lookup in a read transaction
+/// of its own: with [`DatumReader::keys_only`], a reading thread hands out keys and the threads
+/// that parse the values copy them straight out of the database.
+#[derive(Clone)]
+pub struct DatumLookup {
+    env: SharedEnv,
+    db: Database,
+    path: PathBuf,
+}
+
+impl DatumLookup {
+    /// The Datum stored under `key`.
+    pub fn get(&self, key: &[u8]) -> Result<Datum> {
+        let path = &self.path;
+        let txn = self
+            .env
+            .begin_ro_txn()
+            .map_err(|e| DataError::lmdb(path, "begin read", e))?;
+        let value = txn
+            .get(self.db, &key)
+            .map_err(|e| DataError::lmdb(path, "look up a key it listed", e))?;
+        parse_datum(path, key, value)
+    }
 }
 
 impl DatumReader {
@@ -324,6 +351,7 @@ impl DatumReader {
             last_key: None,
             stride: 1,
             pass_over: 0,
+            copy_values: true,
         })
     }
 
@@ -345,14 +373,24 @@ impl DatumReader {
     /// The next Datum in key order, wrapping around to the first after the last.
     pub fn next_datum(&mut self) -> Result<Datum> {
         let (key, value) = self.next_raw()?;
-        parse_datum(&self.path, &key, &value)
+        self.datum_of(&key, &value)
+    }
+
+    /// The Datum of an entry [`DatumReader::next_raw`] returned, looked up again if only its key
+    /// was kept.
+    fn datum_of(&self, key: &[u8], value: &[u8]) -> Result<Datum> {
+        if self.copy_values {
+            parse_datum(&self.path, key, value)
+        } else {
+            self.lookup().get(key)
+        }
     }
 
     /// The Datum [`DatumReader::next_datum`] will return, without moving past it
     /// (e.g. to size the data blobs before the first batch).
     pub fn peek_datum(&mut self) -> Result<Datum> {
         let (key, value) = self.next_raw()?;
-        let datum = parse_datum(&self.path, &key, &value);
+        let datum = self.datum_of(&key, &value);
         self.buf.push_front((key, value));
         datum
     }
@@ -360,16 +398,29 @@ impl DatumReader {
     /// The next entry with its key, wrapping around like [`DatumReader::next_datum`].
     pub fn next_entry(&mut self) -> Result<(String, Datum)> {
         let (key, value) = self.next_raw()?;
-        let datum = parse_datum(&self.path, &key, &value)?;
+        let datum = self.datum_of(&key, &value)?;
         Ok((String::from_utf8_lossy(&key).into_owned(), datum))
     }
 
-    /// The next entry's key and undecoded value, wrapping around like
-    /// [`DatumReader::next_datum`]: reading stays cheap on the reading thread, and the value can
-    /// be parsed ([`parse_datum`]) elsewhere, several at once.
-    pub fn next_raw_entry(&mut self) -> Result<(String, Vec<u8>)> {
-        let (key, value) = self.next_raw()?;
-        Ok((String::from_utf8_lossy(&key).into_owned(), value))
+    /// From now on, lists keys only (for [`DatumReader::next_key`]; no value is copied), and
+    /// returns the lookup that fetches the Datum of a key on other threads.
+    pub fn keys_only(&mut self) -> DatumLookup {
+        self.copy_values = false;
+        self.lookup()
+    }
+
+    fn lookup(&self) -> DatumLookup {
+        DatumLookup {
+            env: self.env.clone(),
+            db: self.db,
+            path: self.path.clone(),
+        }
+    }
+
+    /// The next key in the order of [`DatumReader::next_datum`], as stored (for
+    /// [`DatumLookup::get`]).
+    pub fn next_key(&mut self) -> Result<Vec<u8>> {
+        Ok(self.next_raw()?.0)
     }
 
     /// Skips `n` of the entries this reader would return (wrapping around), e.g. to give each
@@ -434,7 +485,12 @@ impl DatumReader {
                 self.pass_over -= 1;
                 continue;
             }
-            self.buf.push_back((key.to_vec(), value.to_vec()));
+            let value = if self.copy_values {
+                value.to_vec()
+            } else {
+                Vec::new()
+            };
+            self.buf.push_back((key.to_vec(), value));
             self.pass_over = self.stride - 1;
             if self.buf.len() >= READ_BATCH {
                 break;
@@ -480,6 +536,48 @@ mod tests {
             label: Some(i as i32),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn keys_only_reader_feeds_lookups_on_other_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let mut w = DatumWriter::create(&path, false).unwrap();
+        for i in 0..300 {
+            w.put(&format!("{i:08}"), &datum(i)).unwrap();
+        }
+        w.finish().unwrap();
+        let mut r = DatumReader::open(&path).unwrap();
+        r.skip(5).unwrap();
+        r.set_stride(2);
+        let lookup = r.keys_only();
+        let keys: Vec<Vec<u8>> = (0..200).map(|_| r.next_key().unwrap()).collect();
+        // Entries 5, 7, ..., 299, then 1, 3, ... around the database.
+        assert_eq!(keys[0], b"00000005");
+        assert_eq!(keys[148], b"00000001");
+        let labels: Vec<i32> = std::thread::scope(|s| {
+            let parts: Vec<_> = keys
+                .chunks(50)
+                .map(|part| {
+                    let lookup = lookup.clone();
+                    s.spawn(move || {
+                        part.iter()
+                            .map(|k| lookup.get(k).unwrap().label())
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            parts.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        });
+        let want: Vec<i32> = keys
+            .iter()
+            .map(|k| std::str::from_utf8(k).unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(labels, want);
+        // The reader itself still returns whole Datums.
+        assert_eq!(r.next_datum().unwrap().label(), 105);
+        let e = lookup.get(b"missing").unwrap_err().to_string();
+        assert!(e.contains("db") && e.contains("look up"), "{e}");
     }
 
     #[test]

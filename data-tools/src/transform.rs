@@ -156,14 +156,15 @@ impl Transformer {
         Ok(())
     }
 
-    fn apply(
+    /// Checks a raw datum against the output size, crop and mean before it is transformed and
+    /// returns (channels, datum height, datum width, output height, output width).
+    fn check(
         &self,
         datum: &Datum,
-        out: &mut [f32],
+        out_len: usize,
         h_off: usize,
         w_off: usize,
-        mirror: bool,
-    ) -> Result<()> {
+    ) -> Result<(usize, usize, usize, usize, usize)> {
         let c = datum.channels().max(0) as usize;
         let dh = datum.height().max(0) as usize;
         let dw = datum.width().max(0) as usize;
@@ -181,19 +182,16 @@ impl Transformer {
                 "crop {height}x{width} at ({h_off}, {w_off}) does not fit the {dh}x{dw} datum"
             )));
         }
-        if out.len() != c * height * width {
+        if out_len != c * height * width {
             return Err(DataError::Transform(format!(
-                "output holds {} values but the transformed datum has {c}x{height}x{width} = {}",
-                out.len(),
+                "output holds {out_len} values but the transformed datum has {c}x{height}x{width} = {}",
                 c * height * width
             )));
         }
-        let uint8 = datum.data();
-        let has_uint8 = !uint8.is_empty();
-        let available = if has_uint8 {
-            uint8.len()
-        } else {
+        let available = if datum.data().is_empty() {
             datum.float_data.len()
+        } else {
+            datum.data().len()
         };
         if available != c * dh * dw {
             return Err(DataError::Transform(format!(
@@ -209,16 +207,77 @@ impl Transformer {
                 )));
             }
         }
-        let mean_values: Cow<[f32]> = match self.mean_values.len() {
-            0 => Cow::Borrowed(&[]),
-            1 => Cow::Owned(vec![self.mean_values[0]; c]),
-            n if n == c => Cow::Borrowed(&self.mean_values),
-            n => {
-                return Err(DataError::Transform(format!(
-                    "{n} mean_value entries for a {c}-channel datum; give 1 or {c}"
-                )))
+        Ok((c, dh, dw, height, width))
+    }
+
+    /// The scale applied after the mean is subtracted (`scale`, 1 by default).
+    pub fn scale(&self) -> f32 {
+        self.scale
+    }
+
+    /// The mean image of `mean_file`, if one is set; it is indexed at the datum's uncropped
+    /// position.
+    pub fn mean_image(&self) -> Option<&MeanImage> {
+        self.mean_image.as_ref()
+    }
+
+    /// `mean_value` spelled out for each of `c` channels (empty without mean values).
+    pub fn channel_means(&self, c: usize) -> Result<Vec<f32>> {
+        match self.mean_values.len() {
+            0 => Ok(Vec::new()),
+            1 => Ok(vec![self.mean_values[0]; c]),
+            n if n == c => Ok(self.mean_values.clone()),
+            n => Err(DataError::Transform(format!(
+                "{n} mean_value entries for a {c}-channel datum; give 1 or {c}"
+            ))),
+        }
+    }
+
+    /// The byte half of [`Transformer::transform_at`] for a raw uint8 datum: copies the crop at
+    /// (`h_off`, `w_off`), flipped if `mirror`, into `out` without converting it, leaving the
+    /// mean and scale to whoever finishes the batch (an engine, on its own memory): element
+    /// (ch, y, x) of the result came from datum row `h_off + y`, column `w_off + x` or, mirrored,
+    /// `w_off + width - 1 - x`. Returns false, writing nothing, for a datum of float values.
+    pub fn crop_bytes_at(
+        &self,
+        datum: &Datum,
+        out: &mut [u8],
+        h_off: usize,
+        w_off: usize,
+        mirror: bool,
+    ) -> Result<bool> {
+        if datum.encoded() || datum.data().is_empty() {
+            return Ok(false);
+        }
+        let (c, dh, dw, height, width) = self.check(datum, out.len(), h_off, w_off)?;
+        self.channel_means(c)?;
+        let src = datum.data();
+        for ch in 0..c {
+            for y in 0..height {
+                let from = (ch * dh + h_off + y) * dw + w_off;
+                let row = &src[from..from + width];
+                let to = &mut out[(ch * height + y) * width..][..width];
+                to.copy_from_slice(row);
+                if mirror {
+                    to.reverse();
+                }
             }
-        };
+        }
+        Ok(true)
+    }
+
+    fn apply(
+        &self,
+        datum: &Datum,
+        out: &mut [f32],
+        h_off: usize,
+        w_off: usize,
+        mirror: bool,
+    ) -> Result<()> {
+        let (c, dh, dw, height, width) = self.check(datum, out.len(), h_off, w_off)?;
+        let uint8 = datum.data();
+        let has_uint8 = !uint8.is_empty();
+        let mean_values = self.channel_means(c)?;
         let scale = self.scale;
         for ch in 0..c {
             for y in 0..height {

@@ -4,7 +4,7 @@ use super::prefetch::Feed;
 use crate::blob::BlobRef;
 use crate::layers::{Ctx, Layer, Phase};
 use crate::{bail, Error, Result};
-use crema_data_tools::{decode_datum, parse_datum, DatumReader, Transformer};
+use crema_data_tools::{decode_datum, DatumReader, Transformer};
 use crema_proto::caffe::data_parameter::Db;
 use crema_proto::caffe::{DataParameter, LayerParameter, TransformationParameter};
 use std::path::PathBuf;
@@ -65,20 +65,22 @@ impl DataLayer {
         reader.set_stride(shard.count);
         let transformer = Transformer::new(&self.transform, self.train, crate::rng::next_seed())?;
         let (force_color, force_gray) = (self.transform.force_color(), self.transform.force_gray());
-        let source = PathBuf::from(self.p.source());
+        // The reading thread only lists keys; the decoding threads copy each value out of the
+        // LMDB as they parse it, several at once.
+        let lookup = reader.keys_only();
         self.feed.start(
             format!("prefetch-{}", self.name),
             self.p.prefetch() as usize,
             self.p.batch_size() as usize,
             transformer,
-            // The reading thread only copies values out of the LMDB; parsing them (a second
-            // copy of every pixel) and decoding run on all cores.
             Box::new(move || {
-                let (key, value) = reader.next_raw_entry().map_err(|e| e.to_string())?;
-                Ok((key.clone(), (key, value)))
+                let key = reader.next_key().map_err(|e| e.to_string())?;
+                Ok((String::from_utf8_lossy(&key).into_owned(), key))
             }),
-            Box::new(move |(key, value)| {
-                let d = parse_datum(&source, key.as_bytes(), &value).map_err(|e| e.to_string())?;
+            Box::new(move |key: Vec<u8>| {
+                let d = lookup
+                    .get(&key)
+                    .map_err(|e| format!("key `{}`: {e}", String::from_utf8_lossy(&key)))?;
                 if d.encoded() {
                     decode_datum(&d, force_color, force_gray).map_err(|e| e.to_string())
                 } else {

@@ -1,7 +1,10 @@
 //! The prefetch thread both data layers use: it reads raw items in order, decodes them on all
-//! cores, runs Caffe's transformer and queues whole batches, so forward() only copies.
+//! cores, crops and mirrors them and queues whole batches. Raw uint8 items travel as bytes and
+//! the engine finishes them ((byte - mean) × scale) in its own memory, so a GPU receives a
+//! quarter of the bytes; float items are transformed completely on the host.
 
 use crate::blob::BlobRef;
+use crate::engine::{Buffer, ByteBatch, Engine};
 use crate::layers::Ctx;
 use crate::{bail, Result};
 use crema_data_tools::Transformer;
@@ -10,13 +13,36 @@ use rayon::prelude::*;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
-/// One prefetched batch, already transformed, in host memory.
+/// One prefetched batch in host memory.
 struct Batch {
     /// N × C × H × W, from the batch's first item (Caffe reshapes per batch, so a batch of one
     /// may change size from batch to batch).
     shape: [usize; 4],
-    data: Vec<f32>,
+    pixels: Pixels,
     labels: Vec<f32>,
+}
+
+/// A batch's values: transformed floats, or crops as bytes for the engine to finish.
+enum Pixels {
+    Floats(Vec<f32>),
+    Bytes {
+        bytes: Vec<u8>,
+        /// Per item: crop row offset, column offset, 1 if mirrored.
+        places: Vec<[i32; 3]>,
+        /// Height and width of the uncropped items.
+        source: (usize, usize),
+        /// `mean_value` per channel (empty without).
+        channel_means: Vec<f32>,
+    },
+}
+
+impl Pixels {
+    fn len(&self) -> usize {
+        match self {
+            Pixels::Floats(v) => v.len(),
+            Pixels::Bytes { bytes, .. } => bytes.len(),
+        }
+    }
 }
 
 type BatchResult = std::result::Result<Batch, String>;
@@ -34,7 +60,15 @@ pub struct Feed {
     rx: Option<Receiver<BatchResult>>,
     /// Batch buffers handed back to the prefetch thread once copied to the engine: a fresh
     /// buffer of a big batch (158 MB for 256 CaffeNet crops) costs more to fault in than to fill.
-    recycle: Option<SyncSender<Vec<f32>>>,
+    recycle: Option<SyncSender<Pixels>>,
+    /// The transformer's mean image (C × H × W of the uncropped items), and its copy in the
+    /// engine's memory once a byte batch needed it.
+    mean_image: Option<Vec<f32>>,
+    mean_on_engine: Option<Buffer>,
+    /// The engine's copy of the last batch's per-channel means, and the values it holds.
+    channel_means_on_engine: Option<(Vec<f32>, Buffer)>,
+    /// The transformer's `scale`.
+    scale: f32,
     waited: Duration,
     batches: usize,
 }
@@ -51,6 +85,9 @@ impl Feed {
         decode: DecodeItem<T>,
     ) -> Result<()> {
         self.rx = None;
+        self.mean_image = transformer.mean_image().map(|m| m.data.clone());
+        self.scale = transformer.scale();
+        self.mean_on_engine = None;
         // Decoding gets its own threads: on rayon's global pool the engine's operations would
         // queue behind decode jobs, and that wait would hide inside compute time.
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -64,8 +101,9 @@ impl Feed {
             Err(e) => bail!("cannot start the decoding threads: {e}"),
         };
         let (tx, rx) = sync_channel(depth.max(1));
-        let (recycle_tx, recycle_rx) = sync_channel::<Vec<f32>>(depth.max(1) + 1);
+        let (recycle_tx, recycle_rx) = sync_channel::<Pixels>(depth.max(1) + 1);
         let mut produce = move || -> BatchResult {
+            let t0 = Instant::now();
             let mut names = Vec::with_capacity(batch);
             let mut items = Vec::with_capacity(batch);
             for _ in 0..batch {
@@ -73,6 +111,7 @@ impl Feed {
                 names.push(name);
                 items.push(item);
             }
+            let read = t0.elapsed();
             // Decoding is the costly part: spread it over the cores.
             let datums: Vec<Datum> = pool.install(|| {
                 items
@@ -80,6 +119,7 @@ impl Feed {
                     .map(&decode)
                     .collect::<std::result::Result<_, _>>()
             })?;
+            let t1 = Instant::now();
             let dims = |d: &Datum| {
                 (
                     d.channels().max(0) as usize,
@@ -90,11 +130,6 @@ impl Feed {
             let (c0, h0, w0) = dims(&datums[0]);
             let (c, h, w) = transformer.output_shape(c0, h0, w0);
             let item = c * h * w;
-            // Every element is written below, so a recycled buffer needs no clearing.
-            let mut data = match recycle_rx.try_recv() {
-                Ok(v) if v.len() == batch * item => v,
-                _ => vec![0.0f32; batch * item],
-            };
             let mut labels = vec![0.0f32; batch];
             // The random crops and flips are drawn in item order, so a run is reproducible;
             // applying them (the costly part) is spread over the cores.
@@ -115,19 +150,66 @@ impl Feed {
                 labels[i] = d.label() as f32;
             }
             let t = &transformer;
-            pool.install(|| {
-                data.par_chunks_mut(item.max(1))
-                    .zip(datums.par_iter())
-                    .zip(draws.par_iter())
-                    .zip(names.par_iter())
-                    .try_for_each(|(((out, d), &(h_off, w_off, mirror)), name)| {
-                        t.transform_at(d, out, h_off, w_off, mirror)
-                            .map_err(|e| format!("`{name}`: {e}"))
-                    })
-            })?;
+            // Every element is written below, so a recycled buffer needs no clearing.
+            let spare = recycle_rx
+                .try_recv()
+                .ok()
+                .filter(|p| p.len() == batch * item);
+            let raw = datums.iter().all(|d| !d.encoded() && !d.data().is_empty());
+            let pixels = if raw {
+                let mut bytes = match spare {
+                    Some(Pixels::Bytes { bytes, .. }) => bytes,
+                    _ => vec![0u8; batch * item],
+                };
+                pool.install(|| {
+                    bytes
+                        .par_chunks_mut(item.max(1))
+                        .zip(datums.par_iter())
+                        .zip(draws.par_iter())
+                        .zip(names.par_iter())
+                        .try_for_each(|(((out, d), &(h_off, w_off, mirror)), name)| {
+                            t.crop_bytes_at(d, out, h_off, w_off, mirror)
+                                .map(|_| ())
+                                .map_err(|e| format!("`{name}`: {e}"))
+                        })
+                })?;
+                Pixels::Bytes {
+                    bytes,
+                    places: draws
+                        .iter()
+                        .map(|&(h, w, m)| [h as i32, w as i32, m as i32])
+                        .collect(),
+                    source: (h0, w0),
+                    channel_means: t.channel_means(c0).map_err(|e| e.to_string())?,
+                }
+            } else {
+                let mut data = match spare {
+                    Some(Pixels::Floats(v)) => v,
+                    _ => vec![0.0f32; batch * item],
+                };
+                pool.install(|| {
+                    data.par_chunks_mut(item.max(1))
+                        .zip(datums.par_iter())
+                        .zip(draws.par_iter())
+                        .zip(names.par_iter())
+                        .try_for_each(|(((out, d), &(h_off, w_off, mirror)), name)| {
+                            t.transform_at(d, out, h_off, w_off, mirror)
+                                .map_err(|e| format!("`{name}`: {e}"))
+                        })
+                })?;
+                Pixels::Floats(data)
+            };
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            tracing::debug!(
+                "prefetched {batch} items in {:.1} ms: {:.1} reading, {:.1} decoding, {:.1} transforming",
+                ms(t0.elapsed()),
+                ms(read),
+                ms(t1 - t0 - read),
+                ms(t1.elapsed())
+            );
             Ok(Batch {
                 shape: [batch, c, h, w],
-                data,
+                pixels,
                 labels,
             })
         };
@@ -163,15 +245,66 @@ impl Feed {
         self.waited += start.elapsed();
         self.batches += 1;
         top[0].reshape(cx.engine, &batch.shape);
-        top[0].set_data(cx.engine, &batch.data);
+        match &batch.pixels {
+            Pixels::Floats(v) => top[0].set_data(cx.engine, v),
+            Pixels::Bytes {
+                bytes,
+                places,
+                source,
+                channel_means,
+            } => {
+                let scale = self.scale;
+                let (mean_image, channel_means) = self.means_on(cx.engine, channel_means);
+                let finish = ByteBatch {
+                    shape: batch.shape,
+                    source: *source,
+                    bytes,
+                    places,
+                    scale,
+                };
+                cx.engine
+                    .finish_bytes(&finish, mean_image, channel_means, &mut top[0].data_mut());
+            }
+        }
         if let Some(t) = top.get(1) {
             t.reshape(cx.engine, &[batch.shape[0]]);
             t.set_data(cx.engine, &batch.labels);
         }
         if let Some(r) = &self.recycle {
-            let _ = r.try_send(batch.data);
+            let _ = r.try_send(batch.pixels);
         }
         Ok(())
+    }
+
+    /// The mean image and the per-channel means (`values`) in the engine's memory, copied there
+    /// the first time they are needed.
+    fn means_on(
+        &mut self,
+        engine: &dyn Engine,
+        values: &[f32],
+    ) -> (Option<&Buffer>, Option<&Buffer>) {
+        if let Some(m) = &self.mean_image {
+            if self.mean_on_engine.is_none() {
+                let mut b = engine.alloc(m.len());
+                engine.upload(m, &mut b);
+                self.mean_on_engine = Some(b);
+            }
+            return (self.mean_on_engine.as_ref(), None);
+        }
+        if values.is_empty() {
+            return (None, None);
+        }
+        if self
+            .channel_means_on_engine
+            .as_ref()
+            .map(|(v, _)| v.as_slice())
+            != Some(values)
+        {
+            let mut b = engine.alloc(values.len());
+            engine.upload(values, &mut b);
+            self.channel_means_on_engine = Some((values.to_vec(), b));
+        }
+        (None, self.channel_means_on_engine.as_ref().map(|(_, b)| b))
     }
 
     /// Total time forward() spent blocked on the prefetcher.

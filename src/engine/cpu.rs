@@ -1,6 +1,8 @@
 //! The CPU engine: im2col + matrixmultiply's sgemm, with rayon across the batch.
 
-use super::{Activation, Buffer, ConvGeom, Engine, LrnParams, PoolGeom, PoolMethod, UpdateRule};
+use super::{
+    Activation, Buffer, ByteBatch, ConvGeom, Engine, LrnParams, PoolGeom, PoolMethod, UpdateRule,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
@@ -322,6 +324,51 @@ impl Engine for CpuEngine {
 
     fn fill(&self, value: f32, dst: &mut Buffer) {
         dst.host_mut().fill(value);
+    }
+
+    fn finish_bytes(
+        &self,
+        batch: &ByteBatch<'_>,
+        mean_image: Option<&Buffer>,
+        channel_means: Option<&Buffer>,
+        dst: &mut Buffer,
+    ) {
+        let (mi, cm) = (
+            mean_image.map(|b| b.host()),
+            channel_means.map(|b| b.host()),
+        );
+        let [_, c, h, w] = batch.shape;
+        let (sh, sw) = batch.source;
+        let n = batch.bytes.len();
+        // One output row at a time: its item, channel and mean row are worked out once.
+        dst.host_mut()[..n]
+            .par_chunks_mut(w.max(1))
+            .zip(batch.bytes.par_chunks(w.max(1)))
+            .enumerate()
+            .for_each(|(r, (out, px))| {
+                let (y, ch, item) = (r % h, r / h % c, r / (h * c));
+                let [h_off, w_off, mirror] = batch.places[item].map(|p| p as usize);
+                let s = batch.scale;
+                match (mi, cm) {
+                    (Some(m), _) => {
+                        let row = &m[(ch * sh + h_off + y) * sw + w_off..][..w];
+                        for (x, (o, &p)) in out.iter_mut().zip(px).enumerate() {
+                            let mx = if mirror == 1 { row[w - 1 - x] } else { row[x] };
+                            *o = (p as f32 - mx) * s;
+                        }
+                    }
+                    (None, Some(m)) => {
+                        for (o, &p) in out.iter_mut().zip(px) {
+                            *o = (p as f32 - m[ch]) * s;
+                        }
+                    }
+                    (None, None) => {
+                        for (o, &p) in out.iter_mut().zip(px) {
+                            *o = p as f32 * s;
+                        }
+                    }
+                }
+            });
     }
 
     fn copy_blocks(

@@ -67,6 +67,20 @@ impl Pending {
     }
 }
 
+/// Crops the prefetcher copied as bytes (cropped and mirrored, not yet converted), for
+/// [`Engine::finish_bytes`] to turn into (byte - mean) × scale: a quarter of the bytes a float
+/// batch would move to the device.
+pub struct ByteBatch<'a> {
+    /// N × C × H × W of the crops, and of the floats they become.
+    pub shape: [usize; 4],
+    /// Height and width of the uncropped items (the mean image's).
+    pub source: (usize, usize),
+    pub bytes: &'a [u8],
+    /// Per item: the crop's row offset, column offset, and 1 if it was mirrored.
+    pub places: &'a [[i32; 3]],
+    pub scale: f32,
+}
+
 /// A recorded sequence of engine operations that can be run again as one launch
 /// (see [`Engine::begin_graph`]); its content belongs to the engine that recorded it.
 pub struct Graph(pub Box<dyn std::any::Any>);
@@ -245,6 +259,17 @@ pub trait Engine {
     }
     /// Fills every element with `value`.
     fn fill(&self, value: f32, dst: &mut Buffer);
+    /// Writes `batch` as floats into `dst` as Caffe's transformer computes them: (byte - mean) ×
+    /// scale, the mean read from `mean_image` (C × source H × W) at the byte's uncropped place
+    /// (row offset + y, column offset + x, or + W - 1 - x if mirrored), or from `channel_means`
+    /// (one per channel); with neither, byte × scale.
+    fn finish_bytes(
+        &self,
+        batch: &ByteBatch<'_>,
+        mean_image: Option<&Buffer>,
+        channel_means: Option<&Buffer>,
+        dst: &mut Buffer,
+    );
     /// Copies `n_blocks` blocks of `block` elements: src[src_off + i*src_stride ..] to
     /// dst[dst_off + i*dst_stride ..]. Covers plain copies, Concat and Slice.
     #[allow(clippy::too_many_arguments)]

@@ -14,7 +14,7 @@ mod loader;
 pub mod nccl;
 
 use super::{
-    composed, Activation, Buffer, ConvGeom, Engine, Graph, LrnParams, Pending, PoolGeom,
+    composed, Activation, Buffer, ByteBatch, ConvGeom, Engine, Graph, LrnParams, Pending, PoolGeom,
     PoolMethod, SgdParam, SgdStep,
 };
 use conv::ConvPlan;
@@ -41,6 +41,9 @@ pub struct CudaEngine {
     workspace: RefCell<Option<CudaSlice<u8>>>,
     /// Device copies of [`CudaEngine::launch_many`]'s tables, by content.
     tables: RefCell<HashMap<Vec<u64>, CudaSlice<u64>>>,
+    /// Device copies of the last [`Engine::finish_bytes`] batch (its bytes, its crop places),
+    /// kept to be overwritten by the next.
+    staged: RefCell<Option<(CudaSlice<u8>, CudaSlice<i32>)>>,
     /// Page-locked host buffers for [`Engine::download_async`], reused.
     pinned: Rc<RefCell<Vec<PinnedCopy>>>,
     /// Bumped when the workspace or a table is replaced (see [`Engine::graph_epoch`]).
@@ -266,6 +269,7 @@ impl CudaEngine {
             plans: RefCell::new(HashMap::new()),
             workspace: RefCell::new(None),
             tables: RefCell::new(HashMap::new()),
+            staged: RefCell::new(None),
             pinned: Rc::new(RefCell::new(Vec::new())),
             epoch: Cell::new(0),
             recording: Cell::new(false),
@@ -689,6 +693,64 @@ impl Engine for CudaEngine {
         self.stream
             .memcpy_htod(src, &mut view)
             .unwrap_or_else(|e| panic!("CUDA upload of {} floats: {e}", src.len()));
+    }
+
+    fn finish_bytes(
+        &self,
+        batch: &ByteBatch<'_>,
+        mean_image: Option<&Buffer>,
+        channel_means: Option<&Buffer>,
+        dst: &mut Buffer,
+    ) {
+        let n = batch.bytes.len();
+        if n == 0 {
+            return;
+        }
+        let places: Vec<i32> = batch.places.iter().flatten().copied().collect();
+        let mut staged = self.staged.borrow_mut();
+        let fits = matches!(&*staged, Some((b, p)) if b.len() >= n && p.len() >= places.len());
+        if !fits {
+            let fresh = self
+                .stream
+                .alloc_zeros::<u8>(n)
+                .and_then(|b| Ok((b, self.stream.alloc_zeros::<i32>(places.len().max(1))?)))
+                .unwrap_or_else(|e| self.oom("a batch of bytes", n, e));
+            *staged = Some(fresh);
+        }
+        let Some((bytes, place)) = staged.as_mut() else {
+            unreachable!("staged just above")
+        };
+        // From pageable memory the copy returns once the driver has staged the bytes, so the
+        // prefetcher may reuse its buffer straight away.
+        self.stream
+            .memcpy_htod(batch.bytes, &mut bytes.slice_mut(..n))
+            .and_then(|_| {
+                self.stream
+                    .memcpy_htod(&places, &mut place.slice_mut(..places.len()))
+            })
+            .unwrap_or_else(|e| panic!("CUDA upload of a batch of {n} bytes: {e}"));
+        let [_, c, h, w] = batch.shape;
+        let (bp, _s1) = bytes.device_ptr(&self.stream);
+        let (pp, _s2) = place.device_ptr(&self.stream);
+        let opt = |b: Option<&Buffer>| Arg::U64(b.map_or(0, |b| self.p(b)));
+        self.launch(
+            "finish_bytes_f32",
+            n,
+            &[
+                u(n),
+                Arg::I32(c as i32),
+                Arg::I32(h as i32),
+                Arg::I32(w as i32),
+                Arg::I32(batch.source.0 as i32),
+                Arg::I32(batch.source.1 as i32),
+                Arg::U64(bp),
+                Arg::U64(pp),
+                opt(mean_image),
+                opt(channel_means),
+                f(batch.scale),
+                Arg::U64(self.p(dst)),
+            ],
+        );
     }
 
     fn fill(&self, value: f32, dst: &mut Buffer) {
