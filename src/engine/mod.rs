@@ -347,6 +347,20 @@ pub trait Engine {
     // ---- convolution ----
     /// y = conv(x, w)
     fn conv_forward(&self, g: &ConvGeom, x: &Buffer, w: &Buffer, y: &mut Buffer);
+    /// y = act(conv(x, w) + bias), each part optional: a convolution with its bias and the
+    /// activation of the layer after it. The default runs the three steps one after another; an
+    /// engine may do them in one call.
+    fn conv_forward_fused(
+        &self,
+        g: &ConvGeom,
+        x: &Buffer,
+        w: &Buffer,
+        bias: Option<&Buffer>,
+        act: Option<Activation>,
+        y: &mut Buffer,
+    ) {
+        composed::conv_forward_fused(self, g, x, w, bias, act, y)
+    }
     /// dx = conv_transpose(dy, w)
     fn conv_backward_data(&self, g: &ConvGeom, dy: &Buffer, w: &Buffer, dx: &mut Buffer);
     /// dw += correlation of x and dy
@@ -767,7 +781,25 @@ pub trait Engine {
 /// the [`Engine`] defaults, and the path any engine can fall back to for tensors its own kernels
 /// do not take.
 pub(crate) mod composed {
-    use super::{bn, Buffer, Engine};
+    use super::{bn, Activation, Buffer, ConvGeom, Engine};
+
+    pub fn conv_forward_fused<E: Engine + ?Sized>(
+        e: &E,
+        g: &ConvGeom,
+        x: &Buffer,
+        w: &Buffer,
+        bias: Option<&Buffer>,
+        act: Option<Activation>,
+        y: &mut Buffer,
+    ) {
+        e.conv_forward(g, x, w, y);
+        if let Some(b) = bias {
+            e.bias_forward(g.num, g.out_channels, g.out_h() * g.out_w(), b, y);
+        }
+        if let Some(f) = act {
+            e.act_forward(f, None, y);
+        }
+    }
 
     pub fn channel_scale<E: Engine + ?Sized>(
         e: &E,

@@ -2,7 +2,7 @@
 
 use super::{Ctx, Layer};
 use crate::blob::{Blob, BlobRef};
-use crate::engine::ConvGeom;
+use crate::engine::{Activation, ConvGeom};
 use crate::filler::fill;
 use crate::{bail, Result};
 use crema_proto::caffe::{ConvolutionParameter, LayerParameter};
@@ -69,6 +69,9 @@ pub struct Convolution {
     blobs: Vec<BlobRef>,
     in_channels: usize,
     geoms: Vec<ConvGeom>,
+    /// The activation of an in-place layer after this one, applied here (see
+    /// [`Layer::absorb_activation`]).
+    act: Option<Activation>,
 }
 
 impl Convolution {
@@ -87,6 +90,7 @@ impl Convolution {
             blobs: vec![],
             in_channels: 0,
             geoms: vec![],
+            act: None,
         }))
     }
 
@@ -136,6 +140,10 @@ impl Convolution {
 
 impl Layer for Convolution {
     fn graph_safe(&self) -> bool {
+        true
+    }
+    fn absorb_activation(&mut self, act: Activation) -> bool {
+        self.act = Some(act);
         true
     }
     fn arity(&self) -> ((usize, usize), (usize, usize)) {
@@ -195,16 +203,15 @@ impl Layer for Convolution {
     fn forward(&mut self, cx: &Ctx, bottom: &[BlobRef], top: &[BlobRef]) -> Result<()> {
         let e = cx.engine;
         for ((b, t), g) in bottom.iter().zip(top).zip(&self.geoms) {
-            e.conv_forward(g, &b.data(), &self.blobs[0].data(), &mut t.data_mut());
-            if let Some(bias) = self.blobs.get(1) {
-                e.bias_forward(
-                    g.num,
-                    g.out_channels,
-                    g.out_h() * g.out_w(),
-                    &bias.data(),
-                    &mut t.data_mut(),
-                );
-            }
+            let bias = self.blobs.get(1).map(|b| b.data());
+            e.conv_forward_fused(
+                g,
+                &b.data(),
+                &self.blobs[0].data(),
+                bias.as_deref(),
+                self.act,
+                &mut t.data_mut(),
+            );
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 //! A layer computes only through [`Engine`] operations, so it runs on every engine unchanged.
 
 use crate::blob::BlobRef;
-use crate::engine::{Buffer, Engine};
+use crate::engine::{Activation, Buffer, Engine};
 use crate::{bail, Result};
 use crema_proto::caffe::LayerParameter;
 use std::rc::Rc;
@@ -112,6 +112,17 @@ pub trait Layer {
     /// then neither wait for the host nor change anything the host keeps between iterations
     /// (no random draws, no host-side counters) once shapes are set. Opt-in.
     fn graph_safe(&self) -> bool {
+        false
+    }
+    /// An elementwise layer that may run as part of the layer producing its input: its
+    /// activation, if applying it to that layer's output is all its forward pass does.
+    fn fusable_activation(&self) -> Option<Activation> {
+        None
+    }
+    /// Asks this layer to apply `act` to its only top at the end of its forward pass, for an
+    /// in-place activation layer right after it whose forward the net then skips (its backward
+    /// still runs). True if it will.
+    fn absorb_activation(&mut self, _act: Activation) -> bool {
         false
     }
     /// After a non-finite loss: what this layer saw that explains it, if anything (a layer

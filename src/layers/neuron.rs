@@ -109,6 +109,10 @@ impl Layer for Neuron {
     fn graph_safe(&self) -> bool {
         true
     }
+    fn fusable_activation(&self) -> Option<Activation> {
+        // Its backward then needs only the output, so skipping its forward loses nothing.
+        grad_from_output(self.f).then_some(self.f)
+    }
     fn arity(&self) -> ((usize, usize), (usize, usize)) {
         ((1, 1), (1, 1))
     }

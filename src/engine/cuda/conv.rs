@@ -26,6 +26,34 @@ impl Drop for Handle {
 }
 
 struct Tensor(sys::cudnnTensorDescriptor_t);
+struct Relu(sys::cudnnActivationDescriptor_t);
+
+impl Relu {
+    /// max(x, 0), NaN kept (as the ReLU kernel does).
+    fn new() -> Result<Self, String> {
+        let r = Relu(dnn::create_activation_descriptor().map_err(|e| e.to_string())?);
+        // SAFETY: `r` is a fresh descriptor.
+        ck(
+            unsafe {
+                dnn::set_activation_descriptor(
+                    r.0,
+                    sys::cudnnActivationMode_t::CUDNN_ACTIVATION_RELU,
+                    sys::cudnnNanPropagation_t::CUDNN_PROPAGATE_NAN,
+                    0.0,
+                )
+            },
+            "cudnnSetActivationDescriptor",
+        )?;
+        Ok(r)
+    }
+}
+
+impl Drop for Relu {
+    fn drop(&mut self) {
+        // SAFETY: created by create_activation_descriptor, destroyed once.
+        let _ = unsafe { sys::cudnnDestroyActivationDescriptor(self.0) };
+    }
+}
 struct Filter(sys::cudnnFilterDescriptor_t);
 struct Conv(sys::cudnnConvolutionDescriptor_t);
 
@@ -177,6 +205,11 @@ pub struct ConvPlan {
     x: Tensor,
     y: Tensor,
     w: Filter,
+    /// 1 × C_out × 1 × 1, and the ReLU, for [`ConvPlan::forward_bias_relu`].
+    bias: Tensor,
+    relu: Relu,
+    /// False once cuDNN refused the fused call for this plan's forward algorithm.
+    pub fused_ok: std::cell::Cell<bool>,
     pub fwd: Choice<sys::cudnnConvolutionFwdAlgo_t>,
     pub bwd_data: Choice<sys::cudnnConvolutionBwdDataAlgo_t>,
     pub bwd_filter: Choice<sys::cudnnConvolutionBwdFilterAlgo_t>,
@@ -330,6 +363,9 @@ impl ConvPlan {
             x,
             y,
             w,
+            bias: tensor([1, g.out_channels, 1, 1])?,
+            relu: Relu::new()?,
+            fused_ok: std::cell::Cell::new(true),
             fwd,
             bwd_data,
             bwd_filter,
@@ -379,6 +415,45 @@ impl ConvPlan {
             )
         };
         ck(r, "cudnnConvolutionForward")
+    }
+
+    /// y = max(conv(x, w) + bias, 0) in one cuDNN call, with the forward algorithm chosen for
+    /// the plain convolution.
+    pub fn forward_bias_relu(
+        &self,
+        h: &Handle,
+        x: u64,
+        w: u64,
+        bias: u64,
+        y: u64,
+        ws: (u64, usize),
+    ) -> Result<(), String> {
+        let (alpha1, alpha2) = (1.0f32, 0.0f32);
+        // SAFETY: as in `forward`; `bias` holds C_out floats; with alpha2 = 0 the z input (y
+        // itself, same shape) is not read for its values.
+        let r = unsafe {
+            dnn::convolution_bias_activation_forward(
+                h.0,
+                ptr(&alpha1),
+                self.x.0,
+                x as *const _,
+                self.w.0,
+                w as *const _,
+                self.fwd.conv.0,
+                self.fwd.algo,
+                ws.0 as *mut _,
+                ws.1,
+                ptr(&alpha2),
+                self.y.0,
+                y as *const _,
+                self.bias.0,
+                bias as *const _,
+                self.relu.0,
+                self.y.0,
+                y as *mut _,
+            )
+        };
+        ck(r, "cudnnConvolutionBiasActivationForward")
     }
 
     /// dx = conv_transpose(dy, w), overwriting dx.

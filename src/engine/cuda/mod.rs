@@ -942,6 +942,42 @@ impl Engine for CudaEngine {
             .unwrap_or_else(|e| panic!("cuDNN convolution forward {g:?}: {e}"));
     }
 
+    fn conv_forward_fused(
+        &self,
+        g: &ConvGeom,
+        x: &Buffer,
+        w: &Buffer,
+        bias: Option<&Buffer>,
+        act: Option<Activation>,
+        y: &mut Buffer,
+    ) {
+        let relu =
+            matches!(act, Some(Activation::Relu { negative_slope }) if negative_slope == 0.0);
+        if let (Some(b), true, false) = (bias, relu, g.num == 0) {
+            let plan = self.plan(g);
+            if plan.fused_ok.get() {
+                let ws = self.workspace(plan.fwd.workspace);
+                self.bind();
+                match plan.forward_bias_relu(
+                    &self.dnn,
+                    self.p(x),
+                    self.p(w),
+                    self.p(b),
+                    self.p(y),
+                    ws,
+                ) {
+                    Ok(()) => return,
+                    Err(e) => {
+                        // Not every algorithm takes the fused call: run the steps separately.
+                        tracing::debug!("{g:?}: {e}; bias and ReLU run as passes of their own");
+                        plan.fused_ok.set(false);
+                    }
+                }
+            }
+        }
+        composed::conv_forward_fused(self, g, x, w, bias, act, y)
+    }
+
     fn conv_backward_data(&self, g: &ConvGeom, dy: &Buffer, w: &Buffer, dx: &mut Buffer) {
         if g.num == 0 {
             return;

@@ -1,0 +1,133 @@
+//! A Convolution applies the in-place activation after it in its own forward pass (the net skips
+//! the activation layer's forward): the loss and every gradient must be what the same net gives
+//! with the activations written out of place, where nothing is fused.
+
+use crema::engine::{CpuEngine, Engine};
+use crema::layers::Phase;
+use crema::net::{Net, State};
+use crema_proto::caffe::NetParameter;
+use std::rc::Rc;
+
+/// The test net; `in_place` writes each activation over its bottom (as Caffe nets do), else
+/// into a blob of its own.
+fn net_text(in_place: bool) -> String {
+    let act = |name: &str, kind: &str, bottom: &str| {
+        let top = if in_place {
+            bottom.to_string()
+        } else {
+            format!("{name}_out")
+        };
+        (
+            format!(r#"layer {{ name: "{name}" type: "{kind}" bottom: "{bottom}" top: "{top}" }}"#),
+            top,
+        )
+    };
+    let (relu1, a1) = act("relu1", "ReLU", "conv1");
+    let (relu2, a2) = act("relu2", "ReLU", "pool2");
+    let (sig3, a3) = act("sig3", "Sigmoid", "conv3");
+    let (relu4, a4) = act("relu4", "ReLU", "conv4");
+    format!(
+        r#"name: "fusion"
+layer {{ name: "in" type: "Input" top: "data" top: "label"
+  input_param {{ shape {{ dim: 4 dim: 3 dim: 9 dim: 9 }} shape {{ dim: 4 }} }} }}
+layer {{ name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param {{ num_output: 6 kernel_size: 3 pad: 1
+    weight_filler {{ type: "gaussian" std: 0.3 }} bias_filler {{ type: "uniform" min: -0.5 max: 0.5 }} }} }}
+{relu1}
+layer {{ name: "conv2" type: "Convolution" bottom: "{a1}" top: "conv2"
+  convolution_param {{ num_output: 5 kernel_size: 3 weight_filler {{ type: "gaussian" std: 0.3 }}
+    bias_filler {{ type: "uniform" min: -0.5 max: 0.5 }} }} }}
+layer {{ name: "pool2" type: "Pooling" bottom: "conv2" top: "pool2"
+  pooling_param {{ pool: MAX kernel_size: 2 stride: 1 }} }}
+{relu2}
+layer {{ name: "conv3" type: "Convolution" bottom: "{a2}" top: "conv3"
+  convolution_param {{ num_output: 4 kernel_size: 3 bias_term: false weight_filler {{ type: "gaussian" std: 0.3 }} }} }}
+{sig3}
+layer {{ name: "conv4" type: "Convolution" bottom: "{a3}" top: "conv4"
+  convolution_param {{ num_output: 4 kernel_size: 1 weight_filler {{ type: "gaussian" std: 0.5 }}
+    bias_filler {{ type: "uniform" min: -0.5 max: 0.5 }} }} }}
+{relu4}
+layer {{ name: "ip" type: "InnerProduct" bottom: "{a4}" top: "ip"
+  inner_product_param {{ num_output: 3 weight_filler {{ type: "gaussian" std: 0.3 }} }} }}
+layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }}
+"#
+    )
+}
+
+/// Loss, input gradient and every parameter gradient after one forward and backward pass, from
+/// weights drawn with a fixed seed.
+fn pass(in_place: bool, engine: Rc<dyn Engine>) -> (Net, Vec<Vec<f32>>) {
+    let p: NetParameter =
+        crema_proto::parse_text(&net_text(in_place), "test", "caffe.NetParameter").unwrap();
+    crema::rng::seed(5);
+    let mut param = p.clone();
+    param.force_backward = Some(true);
+    let mut net = Net::new(&param, &State::phase(Phase::Train), engine.clone()).unwrap();
+    let data: Vec<f32> = (0..4 * 3 * 81)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+        .collect();
+    net.blob("data").unwrap().set_data(&*engine, &data);
+    net.blob("label")
+        .unwrap()
+        .set_data(&*engine, &[0.0, 2.0, 1.0, 2.0]);
+    let loss = net.forward().unwrap();
+    net.clear_param_diffs();
+    net.backward().unwrap();
+    let mut out = vec![vec![loss], net.blob("data").unwrap().diff_to_vec(&*engine)];
+    for prm in net.params() {
+        out.push(prm.blob.diff_to_vec(&*engine));
+    }
+    (net, out)
+}
+
+fn absorbed(net: &Net) -> Vec<&str> {
+    net.layers()
+        .iter()
+        .filter(|l| l.absorbed)
+        .map(|l| l.name.as_str())
+        .collect()
+}
+
+/// Compares the fused and unfused passes on `engine`, exactly or within `tol` (relative).
+pub fn compare(engine: Rc<dyn Engine>, tol: f32) {
+    let (fused, a) = pass(true, engine.clone());
+    let (plain, b) = pass(false, engine);
+    // relu2 follows a pooling layer, which does not take activations.
+    assert_eq!(absorbed(&fused), ["relu1", "sig3", "relu4"]);
+    assert!(absorbed(&plain).is_empty());
+    assert!(a[0][0].is_finite() && a[0][0] > 0.0, "loss {}", a[0][0]);
+    assert!(
+        a[1].iter().any(|v| *v != 0.0),
+        "no gradient reached the input"
+    );
+    for (k, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert_eq!(x.len(), y.len());
+        for (i, (u, v)) in x.iter().zip(y).enumerate() {
+            let err = (u - v).abs() / u.abs().max(v.abs()).max(1e-3);
+            assert!(
+                err <= tol,
+                "output {k} (0 loss, 1 input gradient, then parameter gradients), element {i}: fused {u}, unfused {v}"
+            );
+        }
+    }
+}
+
+#[test]
+fn fused_activations_change_nothing_on_the_cpu() {
+    compare(Rc::new(CpuEngine::new()), 0.0);
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn fused_activations_change_nothing_on_the_gpu() {
+    match crema::engine::cuda::CudaEngine::new(0) {
+        Ok(g) => compare(Rc::new(g), 1e-4),
+        Err(e) => {
+            assert!(
+                std::env::var("CREMA_REQUIRE_GPU").as_deref() != Ok("1"),
+                "CREMA_REQUIRE_GPU=1 but the CUDA engine cannot start: {e}"
+            );
+            println!("skipping: no usable GPU: {e}");
+        }
+    }
+}
