@@ -40,9 +40,10 @@ extern "C" __global__ void chan_partial_f64(unsigned outer, unsigned ch, unsigne
 
 // One thread per channel; `total` = ch * splits partials per sum, `scale` = 1 / (outer*inner).
 // op 0: o1[c] += S1 (bias gradient).  op 3: o1[c] += S2 (scale gradient).  op 1: o1 = mean = S1*scale, o2 = biased variance
-// S2*scale - mean^2 (BatchNorm statistics).  op 2: o1 = S1*scale, o2 = S2*scale (BatchNorm backward).
+// S2*scale - mean^2 (BatchNorm statistics).  op 2: o1 = S1*scale, o2 = S2*scale (BatchNorm backward).  op 4: as op 2,
+// and g1[c] += S2, g2[c] += S1 (BatchNorm with its Scale folded in: the scale's and the bias's gradients).
 extern "C" __global__ void chan_finish_f64(u64 ch, u64 splits, int op, double scale, const double* part,
-                                           float* o1, float* o2) {
+                                           float* o1, float* o2, float* g1, float* g2) {
   u64 total = ch * splits;
   CUDA_LOOP(c, ch) {
     double a = 0.0, b = 0.0;
@@ -62,6 +63,10 @@ extern "C" __global__ void chan_finish_f64(u64 ch, u64 splits, int op, double sc
     } else {
       o1[c] = (float)(a * scale);
       o2[c] = (float)(b * scale);
+      if (op == 4) {
+        g1[c] += (float)b;
+        g2[c] += (float)a;
+      }
     }
   }
 }
@@ -71,26 +76,36 @@ extern "C" __global__ void bn_std_f32(u64 ch, const float* var, float eps, float
   CUDA_LOOP(c, ch) stdv[c] = sqrtf(var[c] + eps);
 }
 
-// y = (x - mean[c]) / std[c]; x may be y.
-// ... and the same value into x_norm (BatchNorm keeps it for backward).
+// x_norm = (x - mean[c]) / std[c], and y the same, or with a folded-in Scale (gamma non-null)
+// y = x_norm * gamma[c] + beta[c], then max(y, 0) if relu (NaN kept); x may be y.
 extern "C" __global__ void bn_norm_f32(unsigned n, unsigned ch, unsigned inner, const float* x, const float* mean,
-                                       const float* stdv, float* y, float* x_norm) {
+                                       const float* stdv, float* y, float* x_norm, const float* gamma,
+                                       const float* beta, int relu) {
   CUDA_LOOP(k, n) {
     unsigned c = ((unsigned)k / inner) % ch;
     float v = (x[k] - mean[c]) / stdv[c];
-    y[k] = v;
     x_norm[k] = v;
+    if (gamma) v = v * gamma[c] + beta[c];
+    if (relu && v < 0.0f) v = 0.0f;
+    y[k] = v;
   }
 }
 
-// dx = (dy - mdy[c] - y * mdyy[c]) / std[c], or dy / std[c] with global statistics; dy may be dx.
+// g = dy, times gamma[c] with a folded-in Scale (gamma non-null); then dx = (g - mdy[c] - y * mdyy[c]) / std[c],
+// or g / std[c] with global statistics; mdy, mdyy are the means of dy and dy*y, also times gamma[c]; dy may be dx.
 extern "C" __global__ void bn_bwd_f32(unsigned n, unsigned ch, unsigned inner, int global, const float* y,
                                       const float* dy, const float* mdy, const float* mdyy, const float* stdv,
-                                      float* dx) {
+                                      float* dx, const float* gamma) {
   CUDA_LOOP(k, n) {
     unsigned c = ((unsigned)k / inner) % ch;
     float g = dy[k];
-    if (!global) g = g - mdy[c] - y[k] * mdyy[c];
+    if (gamma) {
+      float s = gamma[c];
+      g = g * s;
+      if (!global) g = g - mdy[c] * s - y[k] * (mdyy[c] * s);
+    } else if (!global) {
+      g = g - mdy[c] - y[k] * mdyy[c];
+    }
     dx[k] = g / stdv[c];
   }
 }

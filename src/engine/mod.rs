@@ -775,6 +775,53 @@ pub trait Engine {
     ) {
         composed::bn_backward(self, outer, ch, inner, global, y, dy, std, dx)
     }
+
+    /// BatchNorm with what follows it folded in: [`Engine::bn_normalize`], then y = y·γ[c] +
+    /// β[c] for `affine` = (γ, β) (the Scale layer after it), then `act` on y. x_norm keeps
+    /// the normalised values, which the backward pass needs.
+    #[allow(clippy::too_many_arguments)]
+    fn bn_normalize_affine(
+        &self,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        x: Option<&Buffer>,
+        mean: &Buffer,
+        var: &Buffer,
+        eps: f32,
+        std: &mut Buffer,
+        y: &mut Buffer,
+        x_norm: &mut Buffer,
+        affine: Option<(&Buffer, &Buffer)>,
+        act: Option<Activation>,
+    ) {
+        composed::bn_normalize_affine(
+            self, outer, ch, inner, x, mean, var, eps, std, y, x_norm, affine, act,
+        )
+    }
+
+    /// The backward pass of [`Engine::bn_normalize_affine`] with γ = `gamma`, given dz, the
+    /// gradient of its output (the activation's own backward pass already applied):
+    /// dγ += Σ x_norm·dz and dβ += Σ dz per channel, then, if `dx` is given, dx = the
+    /// [`Engine::bn_backward`] of γ[c]·dz. `dz` None: it is in `dx`.
+    #[allow(clippy::too_many_arguments)]
+    fn bn_backward_affine(
+        &self,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        global: bool,
+        x_norm: &Buffer,
+        std: &Buffer,
+        gamma: &Buffer,
+        grads: (&mut Buffer, &mut Buffer),
+        dz: Option<&Buffer>,
+        dx: Option<&mut Buffer>,
+    ) {
+        composed::bn_backward_affine(
+            self, outer, ch, inner, global, x_norm, std, gamma, grads, dz, dx,
+        )
+    }
 }
 
 /// The per-channel operations built from an engine's basic ones (or, for BatchNorm, on the host):
@@ -899,6 +946,62 @@ pub(crate) mod composed {
         let (yv, sv) = (e.download(y), e.download(std));
         bn::backward(outer, ch, inner, global, &yv, &sv, &mut g);
         e.upload(&g, dx);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn bn_normalize_affine<E: Engine + ?Sized>(
+        e: &E,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        x: Option<&Buffer>,
+        mean: &Buffer,
+        var: &Buffer,
+        eps: f32,
+        std: &mut Buffer,
+        y: &mut Buffer,
+        x_norm: &mut Buffer,
+        affine: Option<(&Buffer, &Buffer)>,
+        act: Option<Activation>,
+    ) {
+        e.bn_normalize(outer, ch, inner, x, mean, var, eps, std, y, x_norm);
+        if let Some((g, b)) = affine {
+            e.channel_affine(outer, ch, inner, g, Some(b), None, y);
+        }
+        if let Some(f) = act {
+            e.act_forward(f, None, y);
+        }
+    }
+
+    /// The Scale layer's backward steps, then BatchNorm's, as the two layers run them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bn_backward_affine<E: Engine + ?Sized>(
+        e: &E,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        global: bool,
+        x_norm: &Buffer,
+        std: &Buffer,
+        gamma: &Buffer,
+        (dgamma, dbeta): (&mut Buffer, &mut Buffer),
+        dz: Option<&Buffer>,
+        dx: Option<&mut Buffer>,
+    ) {
+        let Some(dx) = dx else {
+            if let Some(dz) = dz {
+                e.bias_backward(outer, ch, inner, dz, dbeta);
+                e.channel_dot(outer, ch, inner, x_norm, dz, dgamma);
+            }
+            return;
+        };
+        {
+            let dzv: &Buffer = dz.unwrap_or(dx);
+            e.bias_backward(outer, ch, inner, dzv, dbeta);
+            e.channel_dot(outer, ch, inner, x_norm, dzv, dgamma);
+        }
+        e.channel_scale(outer, ch, inner, gamma, dz, dx);
+        e.bn_backward(outer, ch, inner, global, x_norm, None, std, dx);
     }
 }
 

@@ -5,6 +5,7 @@
 use super::work::Work;
 use super::{Ctx, Layer, Phase};
 use crate::blob::{Blob, BlobRef};
+use crate::engine::Activation;
 use crate::{bail, Result};
 use crema_proto::caffe::LayerParameter;
 
@@ -25,6 +26,10 @@ pub struct BatchNorm {
     /// The normalised output, kept for backward because later in-place layers overwrite the top.
     x_norm: Work,
     one: Work,
+    /// The Scale layer after it, folded in: (γ, β) (see [`Layer::absorb_affine`]).
+    affine: Option<(BlobRef, BlobRef)>,
+    /// The in-place activation after it (or after its Scale), applied here.
+    act: Option<Activation>,
 }
 
 impl BatchNorm {
@@ -50,6 +55,8 @@ impl BatchNorm {
             std: Work::default(),
             x_norm: Work::default(),
             one: Work::default(),
+            affine: None,
+            act: None,
         }))
     }
 }
@@ -135,33 +142,22 @@ impl Layer for BatchNorm {
         }
         let std = self.std.get(e, c);
         let x_norm = self.x_norm.get(e, count);
-        if in_place {
-            e.bn_normalize(
-                num,
-                c,
-                s,
-                None,
-                mean,
-                var,
-                self.eps,
-                std,
-                &mut top[0].data_mut(),
-                x_norm,
-            );
-        } else {
-            e.bn_normalize(
-                num,
-                c,
-                s,
-                Some(&bottom[0].data()),
-                mean,
-                var,
-                self.eps,
-                std,
-                &mut top[0].data_mut(),
-                x_norm,
-            );
-        }
+        let bottom_data = (!in_place).then(|| bottom[0].data());
+        let affine = self.affine.as_ref().map(|(g, b)| (g.data(), b.data()));
+        e.bn_normalize_affine(
+            num,
+            c,
+            s,
+            bottom_data.as_deref(),
+            mean,
+            var,
+            self.eps,
+            std,
+            &mut top[0].data_mut(),
+            x_norm,
+            affine.as_ref().map(|(g, b)| (&**g, &**b)),
+            self.act,
+        );
         Ok(())
     }
 
@@ -172,7 +168,7 @@ impl Layer for BatchNorm {
         pd: &[bool],
         bottom: &[BlobRef],
     ) -> Result<()> {
-        if !pd[0] {
+        if !pd[0] && self.affine.is_none() {
             return Ok(());
         }
         let e = cx.engine;
@@ -183,9 +179,53 @@ impl Layer for BatchNorm {
         let (Some(std), Some(y)) = (self.std.buf(), self.x_norm.buf()) else {
             bail!("backward ran before forward");
         };
-        // With the statistics of the batch, dx = (dy - mean(dy) - y · mean(dy · y)) / std;
-        // with global ones they are constants and dx = dy / std.
-        if super::in_place(&bottom[0], &top[0]) {
+        let in_place = super::in_place(&bottom[0], &top[0]);
+        if let Some((gamma, beta)) = &self.affine {
+            // The folded-in Scale's gradients, then (if asked) the bottom's.
+            let (mut dg, mut db) = (gamma.diff_mut(), beta.diff_mut());
+            let grads = (&mut *dg, &mut *db);
+            let g = gamma.data();
+            match (in_place, pd[0]) {
+                (true, true) => e.bn_backward_affine(
+                    num,
+                    c,
+                    s,
+                    self.global,
+                    y,
+                    std,
+                    &g,
+                    grads,
+                    None,
+                    Some(&mut bottom[0].diff_mut()),
+                ),
+                (false, true) => e.bn_backward_affine(
+                    num,
+                    c,
+                    s,
+                    self.global,
+                    y,
+                    std,
+                    &g,
+                    grads,
+                    Some(&top[0].diff()),
+                    Some(&mut bottom[0].diff_mut()),
+                ),
+                (_, false) => e.bn_backward_affine(
+                    num,
+                    c,
+                    s,
+                    self.global,
+                    y,
+                    std,
+                    &g,
+                    grads,
+                    Some(&top[0].diff()),
+                    None,
+                ),
+            }
+            return Ok(());
+        }
+        if in_place {
             e.bn_backward(
                 num,
                 c,
@@ -209,6 +249,27 @@ impl Layer for BatchNorm {
             );
         }
         Ok(())
+    }
+
+    fn graph_safe(&self) -> bool {
+        // With global statistics the forward pass reads the stored count on the host.
+        !self.global
+    }
+
+    fn absorb_affine(&mut self, gamma: BlobRef, beta: BlobRef) -> bool {
+        if self.affine.is_some() || self.act.is_some() || gamma.count() != self.channels {
+            return false;
+        }
+        self.affine = Some((gamma, beta));
+        true
+    }
+
+    fn absorb_activation(&mut self, act: Activation) -> bool {
+        if self.act.is_some() {
+            return false;
+        }
+        self.act = Some(act);
+        true
     }
 
     fn blobs(&mut self) -> &mut [BlobRef] {

@@ -114,6 +114,18 @@ pub trait Layer {
     fn graph_safe(&self) -> bool {
         false
     }
+    /// A per-channel affine layer (Scale with a learned factor and bias) that may run whole
+    /// as part of the layer producing its input: its (factor, bias) blobs.
+    fn fusable_affine(&self) -> Option<(BlobRef, BlobRef)> {
+        None
+    }
+    /// Asks this layer to apply y = y·γ[c] + β[c] to its only top at the end of its forward
+    /// pass, for an in-place affine layer right after it whose forward and backward the net
+    /// then skips: this layer's backward computes γ's and β's gradients as well. True if it
+    /// will.
+    fn absorb_affine(&mut self, _gamma: BlobRef, _beta: BlobRef) -> bool {
+        false
+    }
     /// An elementwise layer that may run as part of the layer producing its input: its
     /// activation, if applying it to that layer's output is all its forward pass does.
     fn fusable_activation(&self) -> Option<Activation> {
@@ -121,7 +133,8 @@ pub trait Layer {
     }
     /// Asks this layer to apply `act` to its only top at the end of its forward pass, for an
     /// in-place activation layer right after it whose forward the net then skips (its backward
-    /// still runs). True if it will.
+    /// still runs). A layer accepts only if its backward pass does not read its top's data.
+    /// True if it will.
     fn absorb_activation(&mut self, _act: Activation) -> bool {
         false
     }

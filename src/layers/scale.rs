@@ -203,6 +203,15 @@ impl Layer for Scale {
     fn graph_safe(&self) -> bool {
         true
     }
+    fn fusable_affine(&self) -> Option<(BlobRef, BlobRef)> {
+        // A learned per-channel factor and bias on N × C × ... (BatchNorm's γ and β).
+        match self.blobs.as_slice() {
+            [s, b] if self.bias_term && self.axis == 1 && self.num_axes == 1 => {
+                Some((s.clone(), b.clone()))
+            }
+            _ => None,
+        }
+    }
     fn arity(&self) -> ((usize, usize), (usize, usize)) {
         ((1, 2), (1, 1))
     }

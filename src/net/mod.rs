@@ -35,9 +35,19 @@ pub struct LayerSlot {
     pub bottom_need_backward: Vec<bool>,
     /// The layer's learnable blobs after sharing (the same handles the layer holds).
     pub blobs: Vec<BlobRef>,
-    /// An in-place activation the layer before it applies in its own forward pass (see
-    /// [`Net::fuse_activations`]): its forward is skipped, its backward runs.
-    pub absorbed: bool,
+    /// Whether the layer that produces its input runs it (see [`Net::fuse`]).
+    pub fused: Fused,
+}
+
+/// How much of a layer another one runs for it (see [`Net::fuse`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fused {
+    #[default]
+    No,
+    /// An in-place activation: its forward is skipped, its backward runs.
+    Forward,
+    /// An in-place Scale folded into a BatchNorm: neither pass runs.
+    Whole,
 }
 
 /// A learnable parameter blob with its multipliers.
@@ -286,11 +296,11 @@ impl Net {
                 loss_weights,
                 need_backward,
                 bottom_need_backward,
-                absorbed: false,
+                fused: Fused::No,
             });
         }
-        self.fuse_activations();
         self.prune_backward(force_backward);
+        self.fuse();
         for l in &self.layers {
             if l.need_backward {
                 info!("{} needs backward computation.", l.name);
@@ -307,41 +317,55 @@ impl Net {
         Ok(())
     }
 
-    /// Lets a layer apply the in-place activation that follows it (a Convolution and its ReLU,
-    /// as Caffe nets are written) in its own forward pass, so the activation costs no pass of
-    /// its own; the activation layer's backward is unchanged. Applies where the activation's
-    /// bottom was last written by a layer with that one top and nothing in between reads it, so
-    /// every layer still sees the values it would without fusion. `CREMA_FUSE=0` turns it off.
-    fn fuse_activations(&mut self) {
+    /// Lets a layer run the in-place layers that follow it in its own passes, so they cost no
+    /// pass over memory of their own: a Convolution or BatchNorm applies the ReLU after it, and a
+    /// BatchNorm the Scale after it (γ, β and their gradients), as Caffe's nets are written.
+    /// Applies where the follower's bottom was last written by a layer with that one top and
+    /// nothing in between reads it, so every layer still sees the values it would without
+    /// fusion. `CREMA_FUSE=0` turns it off.
+    fn fuse(&mut self) {
         if std::env::var("CREMA_FUSE").as_deref() == Ok("0") {
             return;
         }
         for i in 0..self.layers.len() {
-            let Some(act) = self.layers[i].layer.fusable_activation() else {
+            let l = &self.layers[i];
+            let (affine, act) = (l.layer.fusable_affine(), l.layer.fusable_activation());
+            if (affine.is_none() && act.is_none()) || l.bottoms.len() != 1 || l.tops != l.bottoms {
+                continue;
+            }
+            let Some(j) = self.producer(i, l.bottoms[0]) else {
                 continue;
             };
-            let l = &self.layers[i];
-            if l.bottoms.len() != 1 || l.tops != l.bottoms {
-                continue;
+            let fused = match (affine, act) {
+                (Some((g, b)), _) => self.layers[j]
+                    .layer
+                    .absorb_affine(g, b)
+                    .then_some(Fused::Whole),
+                (None, Some(a)) => self.layers[j]
+                    .layer
+                    .absorb_activation(a)
+                    .then_some(Fused::Forward),
+                (None, None) => None,
+            };
+            let Some(fused) = fused else { continue };
+            if fused == Fused::Whole {
+                // The producer's backward now computes the follower's parameter gradients.
+                let need = self.layers[i].need_backward;
+                self.layers[j].need_backward |= need;
             }
-            let b = l.bottoms[0];
-            let last = (0..i)
-                .rev()
-                .find(|&j| self.layers[j].tops.contains(&b) || self.layers[j].bottoms.contains(&b));
-            let Some(j) = last else { continue };
-            let producer = &mut self.layers[j];
-            if producer.tops != [b] || producer.bottoms.contains(&b) {
-                continue;
-            }
-            if producer.layer.absorb_activation(act) {
-                let by = producer.name.clone();
-                info!(
-                    "{by} applies {}'s activation in its forward pass",
-                    self.layers[i].name
-                );
-                self.layers[i].absorbed = true;
-            }
+            self.layers[i].fused = fused;
+            info!("{} also runs {}", self.layers[j].name, self.layers[i].name);
         }
+    }
+
+    /// The layer that last wrote blob `b` before layer `i`, if `b` is its only top and no layer
+    /// in between reads `b` (a layer fused whole into its producer counts as part of it).
+    fn producer(&self, i: usize, b: usize) -> Option<usize> {
+        let j = (0..i)
+            .rev()
+            .filter(|&j| self.layers[j].fused != Fused::Whole)
+            .find(|&j| self.layers[j].tops.contains(&b) || self.layers[j].bottoms.contains(&b))?;
+        (self.layers[j].tops == [b]).then_some(j)
     }
 
     /// Index into `params` of layer `li`'s k-th owned blob.
@@ -449,7 +473,7 @@ impl Net {
             let tb: Vec<BlobRef> = l.tops.iter().map(|i| self.blobs[*i].clone()).collect();
             let wrap = |e: Error| e.in_layer(&l.name, &l.kind);
             l.layer.reshape(&cx, &bb, &tb).map_err(wrap)?;
-            if !l.absorbed {
+            if l.fused == Fused::No {
                 l.layer.forward(&cx, &bb, &tb).map_err(wrap)?;
             }
             if self.debug_info {
@@ -491,7 +515,7 @@ impl Net {
             phase: self.phase,
         };
         let l = &mut self.layers[i];
-        if !l.need_backward {
+        if !l.need_backward || l.fused == Fused::Whole {
             return Ok(());
         }
         let bb: Vec<BlobRef> = l.bottoms.iter().map(|i| self.blobs[*i].clone()).collect();

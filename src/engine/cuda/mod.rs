@@ -355,10 +355,8 @@ impl CudaEngine {
             return 0.0;
         }
         let blocks = grid_for(n).min(1024) as usize;
-        let partials: CudaSlice<f64> = self
-            .stream
-            .alloc_zeros(blocks)
-            .unwrap_or_else(|e| panic!("CUDA reduction: allocating partial sums: {e}"));
+        // reduce_f64 writes one partial per block.
+        let partials: CudaSlice<f64> = self.uninit(blocks, "partial sums");
         let (pp, _s) = partials.device_ptr(&self.stream);
         let args = [
             u(n),
@@ -536,9 +534,18 @@ impl CudaEngine {
         ]
     }
 
-    /// A scratch device buffer (freed in stream order when dropped).
+    /// Device memory for a kernel to fill, not cleared first (a memset per scratch buffer is
+    /// a launch per use, and inside a replayed step a graph node): every element must be
+    /// written before it is read. Freed in stream order when dropped.
+    fn uninit<T: cudarc::driver::DeviceRepr>(&self, n: usize, what: &str) -> CudaSlice<T> {
+        // SAFETY: the callers' kernels write every element before any is read (each says so).
+        unsafe { self.stream.alloc::<T>(n.max(1)) }
+            .unwrap_or_else(|e| self.oom(what, n * std::mem::size_of::<T>(), e))
+    }
+
+    /// A float scratch buffer of [`CudaEngine::uninit`] memory.
     fn scratch(&self, n: usize) -> Buffer {
-        self.alloc(n)
+        Buffer::Device(self.uninit(n, "scratch space"))
     }
 
     /// Whether a tensor of `n` elements fits the 32-bit index arithmetic of kernels/channel.cu.
@@ -548,8 +555,8 @@ impl CudaEngine {
 
     /// Per-channel sums over outer×ch×inner (kernels/channel.cu): `mode` 0 Σa, 1 Σa and Σa², 2 Σa
     /// and Σa·b; then chan_finish's `op` writes the channels' results at device addresses o1 (and
-    /// o2). Several blocks per channel, so even
-    /// a few channels of many elements fill the GPU.
+    /// o2), and op 4 its gradients at `grads`. Several blocks per channel, so even a few
+    /// channels of many elements fill the GPU.
     #[allow(clippy::too_many_arguments)]
     fn channel_reduce(
         &self,
@@ -562,6 +569,7 @@ impl CudaEngine {
         op: i32,
         o1: u64,
         o2: u64,
+        grads: (u64, u64),
     ) {
         let m = outer * inner;
         if m == 0 || ch == 0 {
@@ -570,10 +578,8 @@ impl CudaEngine {
         // About four blocks per multiprocessor in all, at least 1,024 elements per block.
         let splits = (528usize.div_ceil(ch)).min(m.div_ceil(1024)).max(1);
         let blocks = ch * splits;
-        let part: CudaSlice<f64> = self
-            .stream
-            .alloc_zeros(2 * blocks)
-            .unwrap_or_else(|e| self.oom("per-channel partial sums", 16 * blocks, e));
+        // chan_partial_f64 writes both partials of every block.
+        let part: CudaSlice<f64> = self.uninit(2 * blocks, "per-channel partial sums");
         let (pp, _s) = part.device_ptr(&self.stream);
         let args = [
             i(outer),
@@ -595,6 +601,8 @@ impl CudaEngine {
             Arg::U64(pp),
             Arg::U64(o1),
             Arg::U64(o2),
+            Arg::U64(grads.0),
+            Arg::U64(grads.1),
         ];
         self.launch("chan_finish_f64", ch, &args);
     }
@@ -1017,7 +1025,7 @@ impl Engine for CudaEngine {
         }
         if Self::small(outer * ch * inner) {
             let pdb = self.p(db);
-            self.channel_reduce(outer, ch, inner, 0, dy, None, 0, pdb, pdb);
+            self.channel_reduce(outer, ch, inner, 0, dy, None, 0, pdb, pdb, (0, 0));
             return;
         }
         let args = [
@@ -1045,7 +1053,7 @@ impl Engine for CudaEngine {
             return composed::bn_stats(self, outer, ch, inner, x, mean, var);
         }
         let (pm, pv) = (self.p(mean), self.p(var));
-        self.channel_reduce(outer, ch, inner, 1, x, None, 1, pm, pv);
+        self.channel_reduce(outer, ch, inner, 1, x, None, 1, pm, pv, (0, 0));
     }
 
     fn bn_normalize(
@@ -1082,6 +1090,9 @@ impl Engine for CudaEngine {
             Arg::U64(self.p(std)),
             Arg::U64(self.p(y)),
             Arg::U64(self.p(x_norm)),
+            Arg::U64(0),
+            Arg::U64(0),
+            Arg::I32(0),
         ];
         self.launch("bn_norm_f32", n, &args);
     }
@@ -1106,7 +1117,7 @@ impl Engine for CudaEngine {
         let (pm, pmm) = (self.p(&means), self.p(&means) + 4 * ch as u64);
         if !global {
             let g = dy.unwrap_or(dx);
-            self.channel_reduce(outer, ch, inner, 2, g, Some(y), 2, pm, pmm);
+            self.channel_reduce(outer, ch, inner, 2, g, Some(y), 2, pm, pmm, (0, 0));
         }
         let args = [
             i(n),
@@ -1119,8 +1130,102 @@ impl Engine for CudaEngine {
             Arg::U64(pmm),
             Arg::U64(self.p(std)),
             Arg::U64(self.p(dx)),
+            Arg::U64(0),
         ];
         self.launch("bn_bwd_f32", n, &args);
+    }
+
+    fn bn_normalize_affine(
+        &self,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        x: Option<&Buffer>,
+        mean: &Buffer,
+        var: &Buffer,
+        eps: f32,
+        std: &mut Buffer,
+        y: &mut Buffer,
+        x_norm: &mut Buffer,
+        affine: Option<(&Buffer, &Buffer)>,
+        act: Option<Activation>,
+    ) {
+        let n = outer * ch * inner;
+        let relu =
+            matches!(act, Some(Activation::Relu { negative_slope }) if negative_slope == 0.0);
+        if !Self::small(n) || (act.is_some() && !relu) {
+            return composed::bn_normalize_affine(
+                self, outer, ch, inner, x, mean, var, eps, std, y, x_norm, affine, act,
+            );
+        }
+        self.launch(
+            "bn_std_f32",
+            ch,
+            &[u(ch), Arg::U64(self.p(var)), f(eps), Arg::U64(self.p(std))],
+        );
+        let (pg, pb) = affine.map_or((0, 0), |(g, b)| (self.p(g), self.p(b)));
+        let args = [
+            i(n),
+            i(ch),
+            i(inner),
+            Arg::U64(self.p(x.unwrap_or(y))),
+            Arg::U64(self.p(mean)),
+            Arg::U64(self.p(std)),
+            Arg::U64(self.p(y)),
+            Arg::U64(self.p(x_norm)),
+            Arg::U64(pg),
+            Arg::U64(pb),
+            Arg::I32(relu as i32),
+        ];
+        self.launch("bn_norm_f32", n, &args);
+    }
+
+    fn bn_backward_affine(
+        &self,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        global: bool,
+        x_norm: &Buffer,
+        std: &Buffer,
+        gamma: &Buffer,
+        grads: (&mut Buffer, &mut Buffer),
+        dz: Option<&Buffer>,
+        dx: Option<&mut Buffer>,
+    ) {
+        let n = outer * ch * inner;
+        if !Self::small(n) || (dz.is_none() && dx.is_none()) {
+            return composed::bn_backward_affine(
+                self, outer, ch, inner, global, x_norm, std, gamma, grads, dz, dx,
+            );
+        }
+        // One reduction gives the means BatchNorm needs and both parameter gradients.
+        let means = self.scratch(2 * ch);
+        let (pm, pmm) = (self.p(&means), self.p(&means) + 4 * ch as u64);
+        let pg = (self.p(grads.0), self.p(grads.1));
+        let pdz = {
+            let Some(dzv) = dz.or(dx.as_deref()) else {
+                unreachable!("handled above")
+            };
+            self.channel_reduce(outer, ch, inner, 2, dzv, Some(x_norm), 4, pm, pmm, pg);
+            self.p(dzv)
+        };
+        if let Some(dx) = dx {
+            let args = [
+                i(n),
+                i(ch),
+                i(inner),
+                Arg::I32(global as i32),
+                Arg::U64(self.p(x_norm)),
+                Arg::U64(pdz),
+                Arg::U64(pm),
+                Arg::U64(pmm),
+                Arg::U64(self.p(std)),
+                Arg::U64(self.p(dx)),
+                Arg::U64(self.p(gamma)),
+            ];
+            self.launch("bn_bwd_f32", n, &args);
+        }
     }
 
     fn channel_affine(
@@ -1163,7 +1268,7 @@ impl Engine for CudaEngine {
             return composed::channel_dot(self, outer, ch, inner, a, b, out);
         }
         let po = self.p(out);
-        self.channel_reduce(outer, ch, inner, 2, a, Some(b), 3, po, po);
+        self.channel_reduce(outer, ch, inner, 2, a, Some(b), 3, po, po, (0, 0));
     }
 
     fn channel_scale(
@@ -1216,10 +1321,8 @@ impl Engine for CudaEngine {
             // Record each window's winner once, instead of every input re-scanning the windows
             // that cover it.
             let outputs = g.num * g.channels * g.out_h * g.out_w;
-            let arg: CudaSlice<i32> = self
-                .stream
-                .alloc_zeros(outputs.max(1))
-                .unwrap_or_else(|e| self.oom("max-pooling winners", 4 * outputs, e));
+            // pool_argmax_i32 writes every output's winner.
+            let arg: CudaSlice<i32> = self.uninit(outputs, "max-pooling winners");
             let (pa, _s) = arg.device_ptr(&self.stream);
             let mut args = Self::pool_args(g, method)[..11].to_vec();
             args.push(Arg::U64(self.p(x)));
