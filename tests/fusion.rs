@@ -156,6 +156,37 @@ fn fused_activations_change_nothing_on_the_cpu() {
     compare(Rc::new(CpuEngine::new()), 0.0);
 }
 
+/// A fused net's caffemodel holds every layer's blobs under the layer's own name, so a net that
+/// fuses nothing reads it unchanged (and the other way round).
+#[test]
+fn fused_nets_write_and_read_the_same_caffemodel() {
+    let engine: Rc<dyn Engine> = Rc::new(CpuEngine::new());
+    let (fused, _) = pass(true, engine.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fused.caffemodel");
+    fused.save_caffemodel(&path).unwrap();
+    let (mut plain, _) = pass(false, engine.clone());
+    for p in plain.params() {
+        let n = p.blob.count();
+        p.blob.set_data(&*engine, &vec![0.5; n]);
+    }
+    plain.copy_trained_layers_from(&path).unwrap();
+    for (a, b) in fused.params().iter().zip(plain.params()) {
+        assert_eq!(a.label, b.label);
+        assert_eq!(
+            a.blob.data_to_vec(&*engine),
+            b.blob.data_to_vec(&*engine),
+            "{}",
+            a.label
+        );
+    }
+    let names: Vec<&str> = fused.params().iter().map(|p| p.label.as_str()).collect();
+    assert!(
+        names.contains(&"scale5.0") && names.contains(&"bn6.2"),
+        "{names:?}"
+    );
+}
+
 #[cfg(feature = "cuda")]
 #[test]
 fn fused_activations_change_nothing_on_the_gpu() {
