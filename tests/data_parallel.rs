@@ -40,6 +40,12 @@ fn write_lmdb(path: &Path) {
 }
 
 fn solver_text(lmdb: &Path, batch: usize, prefix: &Path) -> String {
+    solver_text_with(lmdb, batch, prefix, "")
+}
+
+/// `solver_text` with `extra` layers between the convolution and its ReLU (acting on `conv` in
+/// place).
+fn solver_text_with(lmdb: &Path, batch: usize, prefix: &Path, extra: &str) -> String {
     format!(
         r#"
 net_param {{
@@ -50,6 +56,7 @@ net_param {{
     data_param {{ source: "{src}" batch_size: 16 backend: LMDB }} transform_param {{ scale: 0.00390625 }} }}
   layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv"
     convolution_param {{ num_output: 4 kernel_size: 3 weight_filler {{ type: "xavier" }} }} }}
+  {extra}
   layer {{ name: "relu" type: "ReLU" bottom: "conv" top: "conv" }}
   layer {{ name: "pool" type: "Pooling" bottom: "conv" top: "pool"
     pooling_param {{ pool: MAX kernel_size: 2 stride: 2 }} }}
@@ -126,6 +133,56 @@ fn two_workers_with_half_batches_follow_the_single_worker_trajectory() {
     // Only rank 0 snapshots.
     assert!(dir.path().join("dp_iter_7.caffemodel").exists());
     assert!(dir.path().join("single_iter_7.caffemodel").exists());
+}
+
+/// A BatchNorm runs the Scale after it (its backward computes the Scale's gradients): the
+/// workers must still average those gradients once they are final, or the replicas drift apart.
+#[test]
+fn two_workers_average_the_gradients_of_a_scale_fused_into_batchnorm() {
+    let dir = tempfile::tempdir().unwrap();
+    let lmdb = dir.path().join("lmdb");
+    write_lmdb(&lmdb);
+    let bn = r#"layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }
+  layer { name: "scale" type: "Scale" bottom: "conv" top: "conv" scale_param { bias_term: true } }"#;
+    let text = solver_text_with(&lmdb, 8, &dir.path().join("dp"), bn);
+    let groups = Arc::new(Mutex::new(
+        HostGroup::new(2).into_iter().map(Some).collect::<Vec<_>>(),
+    ));
+    let results = run_threads(2, 0, 2, move |shard| {
+        let mut s = solver(&text);
+        let fused: Vec<String> = s
+            .net
+            .layers()
+            .iter()
+            .filter(|l| l.fused != crema::net::Fused::No)
+            .map(|l| l.name.clone())
+            .collect();
+        let g = groups.lock().unwrap()[shard.rank].take().unwrap();
+        s.set_collective(Box::new(g))?;
+        // Each layer's gradients averaged as soon as they are final, not all at the end.
+        s.set_reduce_bucket(1);
+        s.solve(None)?;
+        // The learned weights; BatchNorm's statistics stay each worker's own, as in Caffe.
+        let learned: Vec<Vec<f32>> = weights(&s)
+            .into_iter()
+            .zip(s.net.params())
+            .filter(|(_, p)| p.lr_mult != 0.0)
+            .map(|(w, _)| w)
+            .collect();
+        Ok((learned, fused))
+    })
+    .unwrap();
+    assert_eq!(
+        results[0].1,
+        ["scale", "relu"],
+        "the net did not fuse as expected"
+    );
+    assert_eq!(
+        results[0].0.len(),
+        6,
+        "conv, scale and ip weights and biases"
+    );
+    assert_eq!(results[0].0, results[1].0, "the replicas drifted apart");
 }
 
 /// Runs `solver_text` on two CPU workers; `before` may adjust each worker's solver (signals).

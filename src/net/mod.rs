@@ -46,8 +46,9 @@ pub enum Fused {
     No,
     /// An in-place activation: its forward is skipped, its backward runs.
     Forward,
-    /// An in-place Scale folded into a BatchNorm: neither pass runs.
-    Whole,
+    /// An in-place Scale folded into a BatchNorm: neither pass runs; the layer at `into` runs
+    /// both.
+    Whole { into: usize },
 }
 
 /// A learnable parameter blob with its multipliers.
@@ -336,11 +337,13 @@ impl Net {
             let Some(j) = self.producer(i, l.bottoms[0]) else {
                 continue;
             };
+            // A Scale that stops gradients (propagate_down: false) keeps its own backward.
+            let affine = affine.filter(|_| !l.param.propagate_down.contains(&false));
             let fused = match (affine, act) {
                 (Some((g, b)), _) => self.layers[j]
                     .layer
                     .absorb_affine(g, b)
-                    .then_some(Fused::Whole),
+                    .then_some(Fused::Whole { into: j }),
                 (None, Some(a)) => self.layers[j]
                     .layer
                     .absorb_activation(a)
@@ -348,7 +351,7 @@ impl Net {
                 (None, None) => None,
             };
             let Some(fused) = fused else { continue };
-            if fused == Fused::Whole {
+            if matches!(fused, Fused::Whole { .. }) {
                 // The producer's backward now computes the follower's parameter gradients.
                 let need = self.layers[i].need_backward;
                 self.layers[j].need_backward |= need;
@@ -358,12 +361,21 @@ impl Net {
         }
     }
 
+    /// The layer whose backward pass computes layer `i`'s gradients: `i` itself, or the layer
+    /// it is fused into whole.
+    pub fn runs_backward_of(&self, i: usize) -> usize {
+        match self.layers[i].fused {
+            Fused::Whole { into } => into,
+            _ => i,
+        }
+    }
+
     /// The layer that last wrote blob `b` before layer `i`, if `b` is its only top and no layer
     /// in between reads `b` (a layer fused whole into its producer counts as part of it).
     fn producer(&self, i: usize, b: usize) -> Option<usize> {
         let j = (0..i)
             .rev()
-            .filter(|&j| self.layers[j].fused != Fused::Whole)
+            .filter(|&j| !matches!(self.layers[j].fused, Fused::Whole { .. }))
             .find(|&j| self.layers[j].tops.contains(&b) || self.layers[j].bottoms.contains(&b))?;
         (self.layers[j].tops == [b]).then_some(j)
     }
@@ -515,7 +527,7 @@ impl Net {
             phase: self.phase,
         };
         let l = &mut self.layers[i];
-        if !l.need_backward || l.fused == Fused::Whole {
+        if !l.need_backward || matches!(l.fused, Fused::Whole { .. }) {
             return Ok(());
         }
         let bb: Vec<BlobRef> = l.bottoms.iter().map(|i| self.blobs[*i].clone()).collect();

@@ -174,6 +174,8 @@ pub struct Solver {
     synced: bool,
     /// By layer: the parameters whose gradients are final once that layer has run backward.
     ready_after: Vec<Vec<usize>>,
+    /// Values per gradient bucket (see [`BUCKET_VALUES`]).
+    bucket_values: usize,
     /// The training passes replayed from an engine graph.
     graph: graph::StepGraph,
     /// A replayed iteration whose loss is still on its way to the host: (iteration, losses of
@@ -358,6 +360,7 @@ impl Solver {
             collective: None,
             synced: true,
             ready_after: vec![],
+            bucket_values: BUCKET_VALUES,
             graph: graph::StepGraph::new(),
             unsettled: None,
         })
@@ -377,18 +380,19 @@ impl Solver {
                 c.shard().count
             );
         }
-        // A parameter's gradient is final after the backward pass of the lowest layer using it;
-        // the net's structure is fixed, so this is worked out once.
-        let mut ready: Vec<Vec<usize>> = vec![vec![]; self.net.layers().len()];
+        // A parameter's gradient is final after the backward pass of the lowest layer using it
+        // (for a layer fused whole into the one before it, that one's); the net's structure is
+        // fixed, so this is worked out once.
+        let layers = self.net.layers();
+        let mut ready: Vec<Vec<usize>> = vec![vec![]; layers.len()];
         for (pi, p) in self.net.params().iter().enumerate() {
             if p.lr_mult == 0.0 {
                 continue; // never updated: nothing to average
             }
-            let first_user = self
-                .net
-                .layers()
-                .iter()
-                .position(|l| l.blobs.iter().any(|b| Rc::ptr_eq(b, &p.blob)))
+            let first_user = (0..layers.len())
+                .filter(|&i| layers[i].blobs.iter().any(|b| Rc::ptr_eq(b, &p.blob)))
+                .map(|i| self.net.runs_backward_of(i))
+                .min()
                 .unwrap_or(0);
             ready[first_user].push(pi);
         }
@@ -437,7 +441,7 @@ impl Solver {
                 pending.push(pi);
                 pending_values += self.net.params()[pi].blob.count();
             }
-            if !pending.is_empty() && (pending_values >= BUCKET_VALUES || i == 0) {
+            if !pending.is_empty() && (pending_values >= self.bucket_values || i == 0) {
                 let params = self.net.params();
                 let mut diffs: Vec<_> =
                     pending.iter().map(|&k| params[k].blob.diff_mut()).collect();
@@ -448,6 +452,12 @@ impl Solver {
             }
         }
         c.wait()
+    }
+
+    /// Averages gradients across workers in buckets of at least `values` values instead of
+    /// about a million (smaller buckets start sooner and overlap more of the backward pass).
+    pub fn set_reduce_bucket(&mut self, values: usize) {
+        self.bucket_values = values.max(1);
     }
 
     /// Installs signal flags to poll during training.
