@@ -29,6 +29,16 @@ extern "C" __global__ void axpby_f32(u64 n, float alpha, const float* x, float b
   CUDA_LOOP(i, n) y[i] = beta == 0.0f ? alpha * x[i] : alpha * x[i] + beta * y[i];
 }
 
+// y = c0 * a + c1 * b, then max(y, 0) if relu (NaN kept); a or b may be y.
+extern "C" __global__ void sum2_f32(u64 n, float c0, const float* a, float c1, const float* b, int relu, float* y) {
+  CUDA_LOOP(i, n) {
+    float v = c0 * a[i];
+    v = v + c1 * b[i];
+    if (relu && v < 0.0f) v = 0.0f;
+    y[i] = v;
+  }
+}
+
 extern "C" __global__ void scale_f32(u64 n, float alpha, float* y) {
   CUDA_LOOP(i, n) y[i] *= alpha;
 }

@@ -1,6 +1,6 @@
-//! A Convolution or BatchNorm applies the in-place activation after it in its own forward pass
-//! (the net skips the activation layer's forward), and a BatchNorm runs the in-place Scale after
-//! it (both passes): the loss and every gradient must be what the same net gives with those
+//! A Convolution, BatchNorm or Eltwise SUM applies the in-place activation after it in its own
+//! forward pass (the net skips the activation layer's forward), and a BatchNorm runs the
+//! in-place Scale after it (both passes): the loss and every gradient must be what the same net gives with those
 //! layers written out of place, where nothing is fused.
 
 use crema::engine::{CpuEngine, Engine};
@@ -43,6 +43,7 @@ fn net_text(in_place: bool) -> String {
     let (scale5, a5) = scale("scale5", "bn5");
     let (relu5, a5) = act("relu5", "ReLU", &a5);
     let (scale6, a6) = scale("scale6", "conv6");
+    let (relu7, a7) = act("relu7", "ReLU", "sum7");
     format!(
         r#"name: "fusion"
 layer {{ name: "in" type: "Input" top: "data" top: "label"
@@ -70,7 +71,10 @@ layer {{ name: "conv6" type: "Convolution" bottom: "{a5}" top: "conv6"
   convolution_param {{ num_output: 4 kernel_size: 1 bias_term: false weight_filler {{ type: "gaussian" std: 0.5 }} }} }}
 layer {{ name: "bn6" type: "BatchNorm" bottom: "conv6" top: "conv6" }}
 {scale6}
-layer {{ name: "ip" type: "InnerProduct" bottom: "{a6}" top: "ip"
+layer {{ name: "sum7" type: "Eltwise" bottom: "{a6}" bottom: "{a5}" top: "sum7"
+  eltwise_param {{ operation: SUM coeff: 1 coeff: -0.5 }} }}
+{relu7}
+layer {{ name: "ip" type: "InnerProduct" bottom: "{a7}" top: "ip"
   inner_product_param {{ num_output: 3 weight_filler {{ type: "gaussian" std: 0.3 }} }} }}
 layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }}
 "#
@@ -118,7 +122,7 @@ pub fn compare(engine: Rc<dyn Engine>, tol: f32) {
     // relu2 follows a pooling layer, which does not take activations.
     assert_eq!(
         absorbed(&fused),
-        ["relu1", "sig3", "relu4", "scale5", "relu5", "scale6"]
+        ["relu1", "sig3", "relu4", "scale5", "relu5", "scale6", "relu7"]
     );
     assert!(absorbed(&plain).is_empty());
     assert!(a[0][0].is_finite() && a[0][0] > 0.0, "loss {}", a[0][0]);

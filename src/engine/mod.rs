@@ -317,6 +317,11 @@ pub trait Engine {
     );
     /// y = alpha x + beta y
     fn axpby(&self, alpha: f32, x: &Buffer, beta: f32, y: &mut Buffer);
+    /// y = act(Σ cᵢ·xᵢ) over `terms` (cᵢ, xᵢ), at least one; the default adds them with
+    /// [`Engine::axpby`] and then applies `act`.
+    fn sum_terms(&self, terms: &[(f32, &Buffer)], act: Option<Activation>, y: &mut Buffer) {
+        composed::sum_terms(self, terms, act, y)
+    }
     /// y = alpha y
     fn scale(&self, alpha: f32, y: &mut Buffer);
     /// y = a * b elementwise; `a` None means y itself.
@@ -829,6 +834,20 @@ pub trait Engine {
 /// do not take.
 pub(crate) mod composed {
     use super::{bn, Activation, Buffer, ConvGeom, Engine};
+
+    pub fn sum_terms<E: Engine + ?Sized>(
+        e: &E,
+        terms: &[(f32, &Buffer)],
+        act: Option<Activation>,
+        y: &mut Buffer,
+    ) {
+        for (i, (c, x)) in terms.iter().enumerate() {
+            e.axpby(*c, x, if i == 0 { 0.0 } else { 1.0 }, y);
+        }
+        if let Some(f) = act {
+            e.act_forward(f, None, y);
+        }
+    }
 
     pub fn conv_forward_fused<E: Engine + ?Sized>(
         e: &E,

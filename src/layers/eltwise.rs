@@ -2,6 +2,7 @@
 
 use super::{Ctx, Layer};
 use crate::blob::{Blob, BlobRef};
+use crate::engine::{Activation, Buffer};
 use crate::{bail, Result};
 use crema_proto::caffe::eltwise_parameter::EltwiseOp;
 use crema_proto::caffe::LayerParameter;
@@ -10,6 +11,8 @@ pub struct Eltwise {
     op: EltwiseOp,
     coeff: Vec<f32>,
     arg: Option<BlobRef>,
+    /// The in-place activation after a SUM, applied here (see [`Layer::absorb_activation`]).
+    act: Option<Activation>,
 }
 
 impl Eltwise {
@@ -29,6 +32,7 @@ impl Eltwise {
             op: p.operation(),
             coeff: p.coeff.clone(),
             arg: None,
+            act: None,
         }))
     }
 
@@ -38,6 +42,14 @@ impl Eltwise {
 }
 
 impl Layer for Eltwise {
+    fn absorb_activation(&mut self, act: Activation) -> bool {
+        // SUM's backward reads only the top's gradient.
+        if self.op != EltwiseOp::Sum || self.act.is_some() {
+            return false;
+        }
+        self.act = Some(act);
+        true
+    }
     fn graph_safe(&self) -> bool {
         true
     }
@@ -73,14 +85,13 @@ impl Layer for Eltwise {
         let mut y = top[0].data_mut();
         match self.op {
             EltwiseOp::Sum => {
-                for (i, b) in bottom.iter().enumerate() {
-                    e.axpby(
-                        self.coeff(i),
-                        &b.data(),
-                        if i == 0 { 0.0 } else { 1.0 },
-                        &mut y,
-                    );
-                }
+                let data: Vec<_> = bottom.iter().map(|b| b.data()).collect();
+                let terms: Vec<(f32, &Buffer)> = data
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| (self.coeff(i), &**d))
+                    .collect();
+                e.sum_terms(&terms, self.act, &mut y);
             }
             EltwiseOp::Prod => {
                 e.axpby(1.0, &bottom[0].data(), 0.0, &mut y);

@@ -319,8 +319,9 @@ impl Net {
     }
 
     /// Lets a layer run the in-place layers that follow it in its own passes, so they cost no
-    /// pass over memory of their own: a Convolution or BatchNorm applies the ReLU after it, and a
-    /// BatchNorm the Scale after it (γ, β and their gradients), as Caffe's nets are written.
+    /// pass over memory of their own: a Convolution, BatchNorm or Eltwise SUM applies the ReLU
+    /// after it, and a BatchNorm the Scale after it (γ, β and their gradients), as Caffe's nets
+    /// are written.
     /// Applies where the follower's bottom was last written by a layer with that one top and
     /// nothing in between reads it, so every layer still sees the values it would without
     /// fusion. `CREMA_FUSE=0` turns it off.

@@ -761,6 +761,31 @@ impl Engine for CudaEngine {
         );
     }
 
+    fn sum_terms(&self, terms: &[(f32, &Buffer)], act: Option<Activation>, y: &mut Buffer) {
+        let relu = match act {
+            None => false,
+            Some(Activation::Relu { negative_slope }) if negative_slope == 0.0 => true,
+            Some(_) => return composed::sum_terms(self, terms, act, y),
+        };
+        match terms {
+            // One pass for a ResNet shortcut sum and its ReLU.
+            [(c0, a), (c1, b)] => {
+                let n = y.len();
+                let args = [
+                    u(n),
+                    f(*c0),
+                    Arg::U64(self.p(a)),
+                    f(*c1),
+                    Arg::U64(self.p(b)),
+                    Arg::I32(relu as i32),
+                    Arg::U64(self.p(y)),
+                ];
+                self.launch("sum2_f32", n, &args);
+            }
+            _ => composed::sum_terms(self, terms, act, y),
+        }
+    }
+
     fn fill(&self, value: f32, dst: &mut Buffer) {
         let n = dst.len();
         self.launch("fill_f32", n, &[u(n), f(value), Arg::U64(self.p(dst))]);
