@@ -181,73 +181,36 @@ impl Layer for BatchNorm {
         };
         let in_place = super::in_place(&bottom[0], &top[0]);
         if let Some((gamma, beta)) = &self.affine {
-            // The folded-in Scale's gradients, then (if asked) the bottom's.
+            // The folded-in Scale's gradients, then (if asked) the bottom's; running in place,
+            // the top's gradient is read from the bottom's.
             let (mut dg, mut db) = (gamma.diff_mut(), beta.diff_mut());
-            let grads = (&mut *dg, &mut *db);
-            let g = gamma.data();
-            match (in_place, pd[0]) {
-                (true, true) => e.bn_backward_affine(
-                    num,
-                    c,
-                    s,
-                    self.global,
-                    y,
-                    std,
-                    &g,
-                    grads,
-                    None,
-                    Some(&mut bottom[0].diff_mut()),
-                ),
-                (false, true) => e.bn_backward_affine(
-                    num,
-                    c,
-                    s,
-                    self.global,
-                    y,
-                    std,
-                    &g,
-                    grads,
-                    Some(&top[0].diff()),
-                    Some(&mut bottom[0].diff_mut()),
-                ),
-                (_, false) => e.bn_backward_affine(
-                    num,
-                    c,
-                    s,
-                    self.global,
-                    y,
-                    std,
-                    &g,
-                    grads,
-                    Some(&top[0].diff()),
-                    None,
-                ),
-            }
+            let dz = (!in_place || !pd[0]).then(|| top[0].diff());
+            let mut dx = pd[0].then(|| bottom[0].diff_mut());
+            e.bn_backward_affine(
+                num,
+                c,
+                s,
+                self.global,
+                y,
+                std,
+                &gamma.data(),
+                (&mut dg, &mut db),
+                dz.as_deref(),
+                dx.as_deref_mut(),
+            );
             return Ok(());
         }
-        if in_place {
-            e.bn_backward(
-                num,
-                c,
-                s,
-                self.global,
-                y,
-                None,
-                std,
-                &mut bottom[0].diff_mut(),
-            );
-        } else {
-            e.bn_backward(
-                num,
-                c,
-                s,
-                self.global,
-                y,
-                Some(&top[0].diff()),
-                std,
-                &mut bottom[0].diff_mut(),
-            );
-        }
+        let dy = (!in_place).then(|| top[0].diff());
+        e.bn_backward(
+            num,
+            c,
+            s,
+            self.global,
+            y,
+            dy.as_deref(),
+            std,
+            &mut bottom[0].diff_mut(),
+        );
         Ok(())
     }
 

@@ -764,7 +764,9 @@ impl Engine for CudaEngine {
     fn sum_terms(&self, terms: &[(f32, &Buffer)], act: Option<Activation>, y: &mut Buffer) {
         let relu = match act {
             None => false,
-            Some(Activation::Relu { negative_slope: 0.0 }) => true,
+            Some(Activation::Relu {
+                negative_slope: 0.0,
+            }) => true,
             Some(_) => return composed::sum_terms(self, terms, act, y),
         };
         match terms {
