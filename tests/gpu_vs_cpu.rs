@@ -1164,6 +1164,13 @@ mod gpu {
         )
     }
 
+    /// [`train_on_gpu`] that must succeed; its log.
+    fn trained_on_gpu(dir: &Path, graph: &str, extra: &[&str]) -> String {
+        let (ok, text) = train_on_gpu(dir, graph, extra);
+        assert!(ok, "crema train failed:\n{text}");
+        text
+    }
+
     /// A temporary folder with MNIST LMDBs (images 0-7,999 to train, 8,000-9,999 to test) and
     /// BVLC's LeNet net reading them as `net.prototxt`.
     fn lenet_workdir(shared: &Path) -> tempfile::TempDir {
@@ -1213,15 +1220,7 @@ mod gpu {
                       weight_decay: 0.0005\nlr_policy: \"inv\"\ngamma: 0.0001\npower: 0.75\ndisplay: 10\n\
                       max_iter: 300\nsnapshot: 0\nsnapshot_prefix: \"lenet\"\nrandom_seed: 1\n";
         std::fs::write(d.join("solver.prototxt"), solver).unwrap();
-        let run = |graph: &str| {
-            let (ok, text) = train_on_gpu(d, graph, &["--deterministic"]);
-            assert!(
-                ok,
-                "crema train failed:
-{text}"
-            );
-            text
-        };
+        let run = |graph: &str| trained_on_gpu(d, graph, &["--deterministic"]);
         let (eager, replayed) = (run("0"), run("1"));
         assert!(
             replayed.contains("recorded into a CUDA graph"),
@@ -1335,15 +1334,7 @@ mod gpu {
         let solver = "net: \"net.prototxt\"\nbase_lr: 0.1\nmomentum: 0.9\nlr_policy: \"fixed\"\n\
                       max_iter: 30\ndisplay: 1\nsnapshot: 0\nsnapshot_prefix: \"x\"\nrandom_seed: 1\n";
         std::fs::write(d.join("solver.prototxt"), solver).unwrap();
-        let run = |graph: &str| {
-            let (ok, text) = train_on_gpu(d, graph, &["--deterministic"]);
-            assert!(
-                ok,
-                "crema train failed:
-{text}"
-            );
-            text
-        };
+        let run = |graph: &str| trained_on_gpu(d, graph, &["--deterministic"]);
         let (eager, replayed) = (run("0"), run("1"));
         assert!(
             replayed.contains("recorded into a CUDA graph"),

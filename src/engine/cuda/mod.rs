@@ -1102,26 +1102,11 @@ impl Engine for CudaEngine {
                 self, outer, ch, inner, x, mean, var, eps, std, y, x_norm,
             );
         }
-        self.launch(
-            "bn_std_f32",
-            ch,
-            &[u(ch), Arg::U64(self.p(var)), f(eps), Arg::U64(self.p(std))],
+        // The same kernels with nothing folded in (which, for a tensor this size, never falls
+        // back to this method).
+        self.bn_normalize_affine(
+            outer, ch, inner, x, mean, var, eps, std, y, x_norm, None, None,
         );
-        let px = self.p(x.unwrap_or(y));
-        let args = [
-            i(n),
-            i(ch),
-            i(inner),
-            Arg::U64(px),
-            Arg::U64(self.p(mean)),
-            Arg::U64(self.p(std)),
-            Arg::U64(self.p(y)),
-            Arg::U64(self.p(x_norm)),
-            Arg::U64(0),
-            Arg::U64(0),
-            Arg::I32(0),
-        ];
-        self.launch("bn_norm_f32", n, &args);
     }
 
     fn bn_backward(
