@@ -88,12 +88,21 @@ extern "C" __global__ void sum_axis_f32(u64 outer, u64 ch, u64 inner, float alph
   }
 }
 
-extern "C" __global__ void bias_fwd_f32(u64 outer, u64 ch, u64 inner, const float* b, float* y) {
+// y += b per channel, then max(y, 0) if relu (NaN kept).
+extern "C" __global__ void bias_fwd_f32(u64 outer, u64 ch, u64 inner, const float* b, int relu, float* y) {
   if (outer * ch * inner < (1ull << 32)) {
     unsigned in32 = (unsigned)inner, ch32 = (unsigned)ch;
-    CUDA_LOOP(k, outer * ch * inner) y[k] += b[((unsigned)k / in32) % ch32];
+    CUDA_LOOP(k, outer * ch * inner) {
+      float v = y[k] + b[((unsigned)k / in32) % ch32];
+      if (relu && v < 0.0f) v = 0.0f;
+      y[k] = v;
+    }
   } else {
-    CUDA_LOOP(k, outer * ch * inner) y[k] += b[(k / inner) % ch];
+    CUDA_LOOP(k, outer * ch * inner) {
+      float v = y[k] + b[(k / inner) % ch];
+      if (relu && v < 0.0f) v = 0.0f;
+      y[k] = v;
+    }
   }
 }
 

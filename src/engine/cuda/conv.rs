@@ -2,6 +2,7 @@
 //! (cudnnFind*, falling back to the cudnnGet*_v7 heuristics), with a workspace budget taken from
 //! the device's free memory rather than a fixed size.
 
+use super::graph_conv::Exec;
 use crate::engine::ConvGeom;
 use cudarc::cudnn::{result as dnn, sys};
 use std::ffi::c_int;
@@ -213,6 +214,20 @@ pub struct ConvPlan {
     pub fwd: Choice<sys::cudnnConvolutionFwdAlgo_t>,
     pub bwd_data: Choice<sys::cudnnConvolutionBwdDataAlgo_t>,
     pub bwd_filter: Choice<sys::cudnnConvolutionBwdFilterAlgo_t>,
+    /// Graph-API plans that ran faster than the legacy choices when timed (see
+    /// `CudaEngine::tune`); the legacy choice serves where a direction has none.
+    pub faster: Faster,
+}
+
+/// Per direction, the graph-API plan to run instead of the legacy algorithm.
+#[derive(Default)]
+pub struct Faster {
+    pub fwd: Option<Exec>,
+    /// The forward with bias and ReLU runs the plain forward, then one bias+ReLU pass: timed,
+    /// that was faster than cuDNN's fused legacy call.
+    pub separate_bias_relu: bool,
+    pub bwd_data: Option<Exec>,
+    pub bwd_filter: Option<Exec>,
 }
 
 impl ConvPlan {
@@ -369,6 +384,7 @@ impl ConvPlan {
             fwd,
             bwd_data,
             bwd_filter,
+            faster: Faster::default(),
         })
     }
 

@@ -8,6 +8,7 @@
 //! kernel compilation) is checked in [`CudaEngine::new`] and returned as an error.
 
 mod conv;
+mod graph_conv;
 mod kernels;
 mod loader;
 #[cfg(feature = "nccl")]
@@ -61,6 +62,8 @@ pub struct CudaEngine {
     /// TF32 asked for by the command line or CREMA_TF32: a net's STRICT_FP32 does not undo it.
     forced_tf32: bool,
     deterministic: bool,
+    /// Time cuDNN's graph-API plans against the legacy algorithms (`CREMA_CUDNN_GRAPH=0`: no).
+    graph_api: bool,
     seed: Cell<u64>,
     draws: Cell<u64>,
 }
@@ -283,6 +286,7 @@ impl CudaEngine {
             strict_fp32: Cell::new(!forced_tf32),
             forced_tf32,
             deterministic,
+            graph_api: std::env::var("CREMA_CUDNN_GRAPH").map_or(true, |v| v != "0"),
             seed: Cell::new(0x5eed),
             draws: Cell::new(0),
         })
@@ -389,12 +393,161 @@ impl CudaEngine {
             deterministic: self.deterministic,
             limit,
         };
-        let plan = ConvPlan::new(&self.dnn, g, policy)
+        let mut plan = ConvPlan::new(&self.dnn, g, policy)
             .unwrap_or_else(|e| panic!("cuDNN: planning convolution {g:?}: {e}"));
         tracing::debug!("cuDNN algorithms for {g:?}: {}", plan.describe());
+        // A deterministic run keeps cuDNN's fixed heuristic choice (timings vary run to run).
+        if !self.deterministic && self.graph_api {
+            plan.faster = self.tune(g, &plan, policy);
+        }
         let plan = Rc::new(plan);
         self.plans.borrow_mut().insert(key, plan.clone());
         plan
+    }
+
+    /// Runs a direction's graph-API plan, if it has one, on (x, w, y) (gradients standing in for
+    /// their tensors); false when the legacy path must run instead.
+    fn run_faster(
+        &self,
+        g: &ConvGeom,
+        e: &Option<graph_conv::Exec>,
+        ptrs: (u64, u64, u64),
+    ) -> bool {
+        let Some(e) = e else { return false };
+        let ws = self.workspace(e.workspace);
+        self.bind();
+        match e.run(&self.dnn, ptrs, ws) {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::debug!("cuDNN graph plan for {g:?}: {err}; running the legacy algorithm");
+                false
+            }
+        }
+    }
+
+    /// Times each direction's legacy choice against the graph API's best-ranked plans on
+    /// scratch buffers of `g`'s shapes (one warm-up run, then the mean of three between CUDA
+    /// events) and keeps a graph plan where it ran faster. Anything that fails (memory for the
+    /// scratch buffers, a plan refusing to run) leaves that direction to the legacy choice.
+    fn tune(&self, g: &ConvGeom, plan: &ConvPlan, policy: conv::Policy) -> conv::Faster {
+        use graph_conv::{candidates, Dir};
+        let mut faster = conv::Faster::default();
+        let sizes = [
+            g.num * g.in_channels * g.in_h * g.in_w,
+            g.out_channels * (g.in_channels / g.group) * g.kernel_h * g.kernel_w,
+            g.num * g.out_channels * g.out_h() * g.out_w(),
+            g.out_channels,
+        ];
+        let bufs: Option<Vec<CudaSlice<f32>>> = sizes
+            .iter()
+            .map(|&n| self.stream.alloc_zeros::<f32>(n.max(1)).ok())
+            .collect();
+        let Some(bufs) = bufs else { return faster };
+        let mut lists = [Dir::Forward, Dir::BackwardData, Dir::BackwardFilter].map(|d| {
+            candidates(&self.dnn, g, d, policy, 8).unwrap_or_else(|e| {
+                tracing::debug!("cuDNN graph API, {d:?} of {g:?}: {e}");
+                Vec::new()
+            })
+        });
+        let need = lists
+            .iter()
+            .flatten()
+            .map(|e| e.workspace)
+            .chain([
+                plan.fwd.workspace,
+                plan.bwd_data.workspace,
+                plan.bwd_filter.workspace,
+            ])
+            .max()
+            .unwrap_or(0);
+        // SAFETY: workspace memory, which cuDNN does not expect initialised.
+        let Ok(scratch) = (unsafe { self.stream.alloc::<u8>(need.max(1)) }) else {
+            return faster;
+        };
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let (Ok(start), Ok(end)) = (self.ctx.new_event(flags), self.ctx.new_event(flags)) else {
+            return faster;
+        };
+        let guards: Vec<_> = bufs.iter().map(|b| b.device_ptr(&self.stream)).collect();
+        let [x, w, y, b] = [0, 1, 2, 3].map(|i| guards[i].0);
+        let (ws_ptr, _ws_guard) = scratch.device_ptr(&self.stream);
+        let ws = (ws_ptr, need);
+        self.bind();
+        let time = |f: &dyn Fn() -> Result<(), String>| -> Option<f32> {
+            f().ok()?;
+            start.record(&self.stream).ok()?;
+            for _ in 0..3 {
+                f().ok()?;
+            }
+            end.record(&self.stream).ok()?;
+            start.elapsed_ms(&end).ok().map(|t| t / 3.0)
+        };
+        let h = &self.dnn;
+        let legacy = [
+            time(&|| plan.forward(h, x, w, y, ws)),
+            time(&|| plan.backward_data(h, y, w, x, ws)),
+            time(&|| plan.backward_filter(h, x, y, w, ws)),
+        ];
+        let mut report = Vec::new();
+        let mut best_fwd = None;
+        for (i, list) in lists.iter_mut().enumerate() {
+            let timed = list
+                .drain(..)
+                .filter_map(|e| time(&|| e.run(h, (x, w, y), ws)).map(|t| (t, e)))
+                .min_by(|a, b| a.0.total_cmp(&b.0));
+            let base = legacy[i].unwrap_or(f32::INFINITY);
+            report.push(match &timed {
+                Some((t, e)) => format!("engine {} {t:.3} ms vs legacy {base:.3} ms", e.engine),
+                None => format!("no graph plan, legacy {base:.3} ms"),
+            });
+            // A 2% margin keeps timing noise from swapping equals.
+            if let Some((t, e)) = timed.filter(|(t, _)| *t < 0.98 * base) {
+                match i {
+                    0 => {
+                        best_fwd = Some(t);
+                        faster.fwd = Some(e);
+                    }
+                    1 => faster.bwd_data = Some(e),
+                    _ => faster.bwd_filter = Some(e),
+                }
+            }
+        }
+        // With bias and ReLU: the plain forward chosen above plus one bias+ReLU pass, against
+        // cuDNN's fused legacy call (which is often the slower).
+        let plain = best_fwd.or(legacy[0]).unwrap_or(f32::INFINITY);
+        let (outer, ch, inner) = (g.num, g.out_channels, g.out_h() * g.out_w());
+        let pass = time(&|| {
+            self.bias_act_pass(outer, ch, inner, b, true, y);
+            Ok(())
+        });
+        let fused = time(&|| plan.forward_bias_relu(h, x, w, b, y, ws));
+        faster.separate_bias_relu =
+            plain + pass.unwrap_or(f32::INFINITY) < fused.unwrap_or(f32::INFINITY);
+        report.push(format!(
+            "bias+ReLU pass {:.3} ms, legacy fused {:.3} ms",
+            pass.unwrap_or(f32::NAN),
+            fused.unwrap_or(f32::NAN)
+        ));
+        tracing::debug!(
+            "cuDNN graph API for {g:?}: fwd {}; bwd-data {}; bwd-filter {}",
+            report[0],
+            report[1],
+            report[2..].join("; ")
+        );
+        faster
+    }
+
+    /// y += b per channel, then max(y, 0) when `relu` (NaN kept): one pass over y.
+    fn bias_act_pass(&self, outer: usize, ch: usize, inner: usize, b: u64, relu: bool, y: u64) {
+        let args = [
+            u(outer),
+            u(ch),
+            u(inner),
+            Arg::U64(b),
+            Arg::I32(relu as i32),
+            Arg::U64(y),
+        ];
+        self.launch("bias_fwd_f32", outer * ch * inner, &args);
     }
 
     /// A workspace of at least `bytes`, grown on demand and kept: (address, size).
@@ -971,9 +1124,13 @@ impl Engine for CudaEngine {
             return;
         }
         let plan = self.plan(g);
+        let (px, pw, py) = (self.p(x), self.p(w), self.p(y));
+        if self.run_faster(g, &plan.faster.fwd, (px, pw, py)) {
+            return;
+        }
         let ws = self.workspace(plan.fwd.workspace);
         self.bind();
-        plan.forward(&self.dnn, self.p(x), self.p(w), self.p(y), ws)
+        plan.forward(&self.dnn, px, pw, py, ws)
             .unwrap_or_else(|e| panic!("cuDNN convolution forward {g:?}: {e}"));
     }
 
@@ -990,6 +1147,12 @@ impl Engine for CudaEngine {
             matches!(act, Some(Activation::Relu { negative_slope }) if negative_slope == 0.0);
         if let (Some(b), true, false) = (bias, relu, g.num == 0) {
             let plan = self.plan(g);
+            if plan.faster.separate_bias_relu {
+                self.conv_forward(g, x, w, y);
+                let inner = g.out_h() * g.out_w();
+                self.bias_act_pass(g.num, g.out_channels, inner, self.p(b), true, self.p(y));
+                return;
+            }
             if plan.fused_ok.get() {
                 let ws = self.workspace(plan.fwd.workspace);
                 self.bind();
@@ -1018,9 +1181,13 @@ impl Engine for CudaEngine {
             return;
         }
         let plan = self.plan(g);
+        let (pdy, pw, pdx) = (self.p(dy), self.p(w), self.p(dx));
+        if self.run_faster(g, &plan.faster.bwd_data, (pdx, pw, pdy)) {
+            return;
+        }
         let ws = self.workspace(plan.bwd_data.workspace);
         self.bind();
-        plan.backward_data(&self.dnn, self.p(dy), self.p(w), self.p(dx), ws)
+        plan.backward_data(&self.dnn, pdy, pw, pdx, ws)
             .unwrap_or_else(|e| panic!("cuDNN convolution backward-data {g:?}: {e}"));
     }
 
@@ -1029,21 +1196,18 @@ impl Engine for CudaEngine {
             return;
         }
         let plan = self.plan(g);
+        let (px, pdy, pdw) = (self.p(x), self.p(dy), self.p(dw));
+        if self.run_faster(g, &plan.faster.bwd_filter, (px, pdw, pdy)) {
+            return;
+        }
         let ws = self.workspace(plan.bwd_filter.workspace);
         self.bind();
-        plan.backward_filter(&self.dnn, self.p(x), self.p(dy), self.p(dw), ws)
+        plan.backward_filter(&self.dnn, px, pdy, pdw, ws)
             .unwrap_or_else(|e| panic!("cuDNN convolution backward-filter {g:?}: {e}"));
     }
 
     fn bias_forward(&self, outer: usize, ch: usize, inner: usize, b: &Buffer, y: &mut Buffer) {
-        let args = [
-            u(outer),
-            u(ch),
-            u(inner),
-            Arg::U64(self.p(b)),
-            Arg::U64(self.p(y)),
-        ];
-        self.launch("bias_fwd_f32", outer * ch * inner, &args);
+        self.bias_act_pass(outer, ch, inner, self.p(b), false, self.p(y));
     }
 
     fn bias_backward(&self, outer: usize, ch: usize, inner: usize, dy: &Buffer, db: &mut Buffer) {
