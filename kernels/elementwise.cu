@@ -154,14 +154,21 @@ __device__ __forceinline__ float uniform01(u64 seed, u64 counter) {
   return (float)(z >> 40) * (1.0f / 16777216.0f);
 }
 
-// mask = u > ratio ? scale : 0; y = x * mask (x may be y).
-extern "C" __global__ void dropout_f32(u64 n, float ratio, float scale, u64 seed, u64 counter, const float* x,
+// mask = u > ratio ? scale : 0; y = x * mask (x may be y). Draw `*draws + i` for element i; the
+// count is advanced afterwards by advance_u64 (the same kernels then draw anew on replay).
+extern "C" __global__ void dropout_f32(u64 n, float ratio, float scale, u64 seed, const u64* draws, const float* x,
                                        float* y, float* mask) {
+  u64 counter = *draws;
   CUDA_LOOP(i, n) {
     float m = uniform01(seed, counter + i) > ratio ? scale : 0.0f;
     mask[i] = m;
     y[i] = x[i] * m;
   }
+}
+
+// *c += n, one thread.
+extern "C" __global__ void advance_u64(u64* c, u64 n) {
+  if (blockIdx.x == 0 && threadIdx.x == 0) *c += n;
 }
 
 // ---- Many tensors in one launch (the solver's update and gradient clearing) ----

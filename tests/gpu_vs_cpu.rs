@@ -1210,12 +1210,31 @@ mod gpu {
     /// every display and the same test accuracy as running each operation on its own.
     #[test]
     fn lenet_replayed_from_a_graph_trains_as_without() {
+        replayed_trains_as_eager(|net| net);
+    }
+
+    /// With Dropout in the net: a replayed step draws new masks, the same ones as eager steps.
+    #[test]
+    fn dropout_replayed_from_a_graph_draws_as_without() {
+        replayed_trains_as_eager(|net| {
+            let at = net.find("layer {\n  name: \"ip2\"").expect("LeNet has ip2");
+            let drop = "layer {\n  name: \"drop1\"\n  type: \"Dropout\"\n  bottom: \"ip1\"\n  \
+                        top: \"ip1\"\n  dropout_param { dropout_ratio: 0.5 }\n}\n";
+            format!("{}{drop}{}", &net[..at], &net[at..])
+        });
+    }
+
+    /// Trains BVLC's LeNet, as `edit` changes it, for 300 iterations eagerly and replayed, and
+    /// checks that every displayed loss, test accuracy and learning rate agree.
+    fn replayed_trains_as_eager(edit: impl Fn(String) -> String) {
         if gpu().is_none() {
             return;
         }
         let Some(shared) = shared() else { return };
         let dir = lenet_workdir(&shared);
         let d = dir.path();
+        let net = std::fs::read_to_string(d.join("net.prototxt")).unwrap();
+        std::fs::write(d.join("net.prototxt"), edit(net)).unwrap();
         let solver = "net: \"net.prototxt\"\ntest_iter: 20\ntest_interval: 150\nbase_lr: 0.01\nmomentum: 0.9\n\
                       weight_decay: 0.0005\nlr_policy: \"inv\"\ngamma: 0.0001\npower: 0.75\ndisplay: 10\n\
                       max_iter: 300\nsnapshot: 0\nsnapshot_prefix: \"lenet\"\nrandom_seed: 1\n";

@@ -110,7 +110,7 @@ pub trait Layer {
     }
     /// Whether forward and backward may be recorded into an engine graph and replayed: they
     /// then neither wait for the host nor change anything the host keeps between iterations
-    /// (no random draws, no host-side counters) once shapes are set. Opt-in.
+    /// (no random draws counted on the host, no host-side counters) once shapes are set. Opt-in.
     fn graph_safe(&self) -> bool {
         false
     }

@@ -194,6 +194,10 @@ impl Dropout {
 }
 
 impl Layer for Dropout {
+    fn graph_safe(&self) -> bool {
+        // The engine keeps its draw count where its kernels advance it (on the GPU, on the device).
+        true
+    }
     fn arity(&self) -> ((usize, usize), (usize, usize)) {
         ((1, 1), (1, 1))
     }

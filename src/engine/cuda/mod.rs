@@ -65,7 +65,9 @@ pub struct CudaEngine {
     /// Time cuDNN's graph-API plans against the legacy algorithms (`CREMA_CUDNN_GRAPH=0`: no).
     graph_api: bool,
     seed: Cell<u64>,
-    draws: Cell<u64>,
+    /// How many random numbers the dropout kernels have drawn since seeding: a device counter,
+    /// read and advanced by kernels, so that replaying a recorded step keeps drawing anew.
+    draws: RefCell<CudaSlice<u64>>,
 }
 
 /// How a [`CudaEngine`] computes.
@@ -268,6 +270,9 @@ impl CudaEngine {
         set_blas_math(&blas, !forced_tf32)?;
         let dnn = conv::Handle::new(stream.cu_stream() as _)?;
         let kernels = Kernels::load(&ctx)?;
+        let draws = stream
+            .alloc_zeros::<u64>(1)
+            .map_err(|e| format!("CUDA: allocating the random draw counter: {e}"))?;
         Ok(CudaEngine {
             plans: RefCell::new(HashMap::new()),
             workspace: RefCell::new(None),
@@ -288,7 +293,7 @@ impl CudaEngine {
             deterministic,
             graph_api: std::env::var("CREMA_CUDNN_GRAPH").map_or(true, |v| v != "0"),
             seed: Cell::new(0x5eed),
-            draws: Cell::new(0),
+            draws: RefCell::new(draws),
         })
     }
 
@@ -1841,26 +1846,36 @@ impl Engine for CudaEngine {
 
     fn dropout_forward(&self, ratio: f32, x: Option<&Buffer>, y: &mut Buffer, mask: &mut Buffer) {
         let n = mask.len().min(y.len());
+        if n == 0 {
+            return;
+        }
         let scale = 1.0 / (1.0 - ratio);
-        let counter = self.draws.get();
-        self.draws.set(counter.wrapping_add(n as u64));
+        let counter = self.draws.borrow();
+        let (draws, _s) = counter.device_ptr(&self.stream);
         let px = self.p(x.unwrap_or(y));
         let args = [
             u(n),
             f(ratio),
             f(scale),
             Arg::U64(self.seed.get()),
-            Arg::U64(counter),
+            Arg::U64(draws),
             Arg::U64(px),
             Arg::U64(self.p(y)),
             Arg::U64(self.p(mask)),
         ];
         self.launch("dropout_f32", n, &args);
+        // The count moves on in a kernel of its own, so a replayed graph draws new masks too.
+        self.kernels
+            .launch(&self.stream, "advance_u64", 1, &[Arg::U64(draws), u(n)]);
     }
 
     fn seed(&self, seed: u64) {
         self.seed.set(seed);
-        self.draws.set(0);
+        self.stream
+            .memset_zeros(&mut *self.draws.borrow_mut())
+            .unwrap_or_else(|e| panic!("CUDA: resetting the random draw count: {e}"));
+        // A recorded graph holds the old seed.
+        self.epoch.set(self.epoch.get() + 1);
     }
 
     fn max_accumulate(
