@@ -1,16 +1,16 @@
 // Local response normalisation, Caffe's ACROSS_CHANNELS and WITHIN_CHANNEL (engine::cpu is the spec).
 
 // scale = k + a * sum_{c' in [c-pre, c+post]} x^2, y = x * scale^-beta (a = alpha / local_size).
-extern "C" __global__ void lrn_cross_fwd_f32(u64 total, int channels, u64 plane, int pre, int post, float a,
-                                             float beta, float k, const float* x, float* y, float* scale) {
-  CUDA_LOOP(i, total) {
-    u64 j = i % plane;
+template <typename I>
+__device__ void lrn_cross_fwd(I total, int channels, I plane, int pre, int post, float a, float beta, float k,
+                              const float* x, float* y, float* scale) {
+  CUDA_LOOP_T(I, i, total) {
     int c = (int)((i / plane) % channels);
-    u64 base = i - (u64)c * plane;  // element (n, 0, j)
+    I base = i - (I)c * plane;  // element (n, 0, j)
     int lo = max(c - pre, 0), hi = min(c + post, channels - 1);
     float acc = 0.0f;
     for (int cc = lo; cc <= hi; ++cc) {
-      float v = x[base + (u64)cc * plane];
+      float v = x[base + (I)cc * plane];
       acc += v * v;
     }
     float s = k + a * acc;
@@ -19,21 +19,40 @@ extern "C" __global__ void lrn_cross_fwd_f32(u64 total, int channels, u64 plane,
   }
 }
 
+// 32-bit index arithmetic (cheaper division) when `total` allows it.
+extern "C" __global__ void lrn_cross_fwd_f32(u64 total, int channels, u64 plane, int pre, int post, float a,
+                                             float beta, float k, const float* x, float* y, float* scale) {
+  if (total < (1ull << 31))
+    lrn_cross_fwd<unsigned>((unsigned)total, channels, (unsigned)plane, pre, post, a, beta, k, x, y, scale);
+  else
+    lrn_cross_fwd<u64>(total, channels, plane, pre, post, a, beta, k, x, y, scale);
+}
+
 // dx = dy scale^-beta - cache x sum_{c' in [c-post, c+pre]} dy y / scale (cache = 2 alpha beta / size).
-extern "C" __global__ void lrn_cross_bwd_f32(u64 total, int channels, u64 plane, int pre, int post, float cache,
-                                             float beta, const float* x, const float* y, const float* scale,
-                                             const float* dy, float* dx) {
-  CUDA_LOOP(i, total) {
+template <typename I>
+__device__ void lrn_cross_bwd(I total, int channels, I plane, int pre, int post, float cache, float beta,
+                              const float* x, const float* y, const float* scale, const float* dy, float* dx) {
+  CUDA_LOOP_T(I, i, total) {
     int c = (int)((i / plane) % channels);
-    u64 base = i - (u64)c * plane;
+    I base = i - (I)c * plane;
     int lo = max(c - post, 0), hi = min(c + pre, channels - 1);
     float acc = 0.0f;
     for (int cc = lo; cc <= hi; ++cc) {
-      u64 q = base + (u64)cc * plane;
+      I q = base + (I)cc * plane;
       acc += dy[q] * y[q] / scale[q];
     }
     dx[i] = dy[i] * powf(scale[i], -beta) - cache * x[i] * acc;
   }
+}
+
+extern "C" __global__ void lrn_cross_bwd_f32(u64 total, int channels, u64 plane, int pre, int post, float cache,
+                                             float beta, const float* x, const float* y, const float* scale,
+                                             const float* dy, float* dx) {
+  if (total < (1ull << 31))
+    lrn_cross_bwd<unsigned>((unsigned)total, channels, (unsigned)plane, pre, post, cache, beta, x, y, scale, dy,
+                            dx);
+  else
+    lrn_cross_bwd<u64>(total, channels, plane, pre, post, cache, beta, x, y, scale, dy, dx);
 }
 
 // WITHIN_CHANNEL: scale = 1 + alpha * avg (AVE pool of x^2, local_size window, pad (size-1)/2,

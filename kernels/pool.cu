@@ -39,12 +39,12 @@ __device__ int window_argmax(const float* xp, const PoolG& g, int hs, int he, in
 }
 
 // One thread per output element; planes = N*C.
-extern "C" __global__ void pool_fwd_f32(u64 planes, int in_h, int in_w, int out_h, int out_w, int kh, int kw,
-                                        int sh, int sw, int ph, int pw, int ave, const float* x, float* y) {
-  PoolG g = {in_h, in_w, out_h, out_w, kh, kw, sh, sw, ph, pw};
-  u64 op = (u64)out_h * out_w, ip = (u64)in_h * in_w;
-  CUDA_LOOP(k, planes * op) {
-    u64 plane = k / op;
+template <typename I>
+__device__ void pool_fwd(I planes, const PoolG& g, int ave, const float* x, float* y) {
+  int in_w = g.in_w, out_w = g.out_w;
+  I op = (I)g.out_h * out_w, ip = (I)g.in_h * in_w;
+  CUDA_LOOP_T(I, k, planes * op) {
+    I plane = k / op;
     int r = (int)(k % op), py = r / out_w, px = r % out_w;
     const float* xp = x + plane * ip;
     int hs, he, ws, we, size;
@@ -64,15 +64,26 @@ extern "C" __global__ void pool_fwd_f32(u64 planes, int in_h, int in_w, int out_
   }
 }
 
+// Calls the 32-bit-index variant when `total` elements allow it, else the 64-bit one.
+#define POOL_DISPATCH(total, call_u32, call_u64) \
+  if ((total) < (1ull << 31)) { call_u32; } else { call_u64; }
+
+extern "C" __global__ void pool_fwd_f32(u64 planes, int in_h, int in_w, int out_h, int out_w, int kh, int kw,
+                                        int sh, int sw, int ph, int pw, int ave, const float* x, float* y) {
+  PoolG g = {in_h, in_w, out_h, out_w, kh, kw, sh, sw, ph, pw};
+  POOL_DISPATCH(planes * out_h * out_w, pool_fwd<unsigned>((unsigned)planes, g, ave, x, y),
+                pool_fwd<u64>(planes, g, ave, x, y))
+}
+
 // One thread per input element: gathers from every output whose window holds it, in output order
 // (the CPU's accumulation order), so no atomics and a deterministic result.
-extern "C" __global__ void pool_bwd_f32(u64 planes, int in_h, int in_w, int out_h, int out_w, int kh, int kw,
-                                        int sh, int sw, int ph, int pw, int ave, const float* x, const float* dy,
-                                        float* dx) {
-  PoolG g = {in_h, in_w, out_h, out_w, kh, kw, sh, sw, ph, pw};
-  u64 op = (u64)out_h * out_w, ip = (u64)in_h * in_w;
-  CUDA_LOOP(k, planes * ip) {
-    u64 plane = k / ip;
+template <typename I>
+__device__ void pool_bwd(I planes, const PoolG& g, int ave, const float* x, const float* dy, float* dx) {
+  int in_w = g.in_w, out_h = g.out_h, out_w = g.out_w, kh = g.kh, kw = g.kw, sh = g.sh, sw = g.sw,
+      ph = g.ph, pw = g.pw;
+  I op = (I)out_h * out_w, ip = (I)g.in_h * in_w;
+  CUDA_LOOP_T(I, k, planes * ip) {
+    I plane = k / ip;
     int r = (int)(k % ip), h = r / in_w, w = r % in_w;
     const float* xp = x + plane * ip;
     const float* dyp = dy + plane * op;
@@ -98,15 +109,23 @@ extern "C" __global__ void pool_bwd_f32(u64 planes, int in_h, int in_w, int out_
   }
 }
 
+extern "C" __global__ void pool_bwd_f32(u64 planes, int in_h, int in_w, int out_h, int out_w, int kh, int kw,
+                                        int sh, int sw, int ph, int pw, int ave, const float* x, const float* dy,
+                                        float* dx) {
+  PoolG g = {in_h, in_w, out_h, out_w, kh, kw, sh, sw, ph, pw};
+  POOL_DISPATCH(planes * in_h * in_w, pool_bwd<unsigned>((unsigned)planes, g, ave, x, dy, dx),
+                pool_bwd<u64>(planes, g, ave, x, dy, dx))
+}
+
 // MAX backward in two passes: pool_argmax_i32 records each output's winning input (as the forward
 // pass chose it), then pool_bwd_max_f32 has each input gather the gradients of the outputs it won,
 // in output order, so no atomics and the same sums as the CPU.
-extern "C" __global__ void pool_argmax_i32(u64 planes, int in_h, int in_w, int out_h, int out_w, int kh, int kw,
-                                           int sh, int sw, int ph, int pw, const float* x, int* arg) {
-  PoolG g = {in_h, in_w, out_h, out_w, kh, kw, sh, sw, ph, pw};
-  u64 op = (u64)out_h * out_w, ip = (u64)in_h * in_w;
-  CUDA_LOOP(k, planes * op) {
-    u64 plane = k / op;
+template <typename I>
+__device__ void pool_argmax(I planes, const PoolG& g, const float* x, int* arg) {
+  int out_w = g.out_w;
+  I op = (I)g.out_h * out_w, ip = (I)g.in_h * g.in_w;
+  CUDA_LOOP_T(I, k, planes * op) {
+    I plane = k / op;
     int r = (int)(k % op), py = r / out_w, px = r % out_w;
     int hs, he, ws, we, size;
     pool_window(g, 0, py, px, hs, he, ws, we, size);
@@ -114,12 +133,20 @@ extern "C" __global__ void pool_argmax_i32(u64 planes, int in_h, int in_w, int o
   }
 }
 
-extern "C" __global__ void pool_bwd_max_f32(u64 planes, int in_h, int in_w, int out_h, int out_w, int kh, int kw,
-                                            int sh, int sw, int ph, int pw, const int* arg, const float* dy,
-                                            float* dx) {
-  u64 op = (u64)out_h * out_w, ip = (u64)in_h * in_w;
-  CUDA_LOOP(k, planes * ip) {
-    u64 plane = k / ip;
+extern "C" __global__ void pool_argmax_i32(u64 planes, int in_h, int in_w, int out_h, int out_w, int kh, int kw,
+                                           int sh, int sw, int ph, int pw, const float* x, int* arg) {
+  PoolG g = {in_h, in_w, out_h, out_w, kh, kw, sh, sw, ph, pw};
+  POOL_DISPATCH(planes * out_h * out_w, pool_argmax<unsigned>((unsigned)planes, g, x, arg),
+                pool_argmax<u64>(planes, g, x, arg))
+}
+
+template <typename I>
+__device__ void pool_bwd_max(I planes, const PoolG& g, const int* arg, const float* dy, float* dx) {
+  int in_w = g.in_w, out_h = g.out_h, out_w = g.out_w, kh = g.kh, kw = g.kw, sh = g.sh, sw = g.sw,
+      ph = g.ph, pw = g.pw;
+  I op = (I)out_h * out_w, ip = (I)g.in_h * in_w;
+  CUDA_LOOP_T(I, k, planes * ip) {
+    I plane = k / ip;
     int r = (int)(k % ip), h = r / in_w, w = r % in_w;
     const int* ap = arg + plane * op;
     const float* dyp = dy + plane * op;
@@ -135,4 +162,12 @@ extern "C" __global__ void pool_bwd_max_f32(u64 planes, int in_h, int in_w, int 
       }
     dx[k] = acc;
   }
+}
+
+extern "C" __global__ void pool_bwd_max_f32(u64 planes, int in_h, int in_w, int out_h, int out_w, int kh, int kw,
+                                            int sh, int sw, int ph, int pw, const int* arg, const float* dy,
+                                            float* dx) {
+  PoolG g = {in_h, in_w, out_h, out_w, kh, kw, sh, sw, ph, pw};
+  POOL_DISPATCH(planes * in_h * in_w, pool_bwd_max<unsigned>((unsigned)planes, g, arg, dy, dx),
+                pool_bwd_max<u64>(planes, g, arg, dy, dx))
 }
