@@ -14,13 +14,21 @@ extern "C" __global__ void chan_partial_f64(unsigned outer, unsigned ch, unsigne
   unsigned c = blockIdx.x / splits, sp = blockIdx.x % splits;
   unsigned m = outer * inner;
   double acc1 = 0.0, acc2 = 0.0;
-  for (unsigned j = sp * blockDim.x + threadIdx.x; j < m; j += splits * blockDim.x) {
-    unsigned o = j / inner, i = j - o * inner;
+  // j = o * inner + i walks with a fixed stride, so (o, i) advance without a division per element.
+  unsigned stride = splits * blockDim.x, step_o = stride / inner, step_i = stride - step_o * inner;
+  unsigned j = sp * blockDim.x + threadIdx.x, o = j / inner, i = j - o * inner;
+  for (; j < m; j += stride) {
     unsigned k = (o * ch + c) * inner + i;
     double v = a[k];
     acc1 += v;
     if (mode == 1) acc2 += v * v;
     else if (mode == 2) acc2 += v * (double)b[k];
+    o += step_o;
+    i += step_i;
+    if (i >= inner) {
+      i -= inner;
+      ++o;
+    }
   }
   s1[threadIdx.x] = acc1;
   s2[threadIdx.x] = acc2;

@@ -62,6 +62,8 @@ pub struct CudaEngine {
     /// TF32 asked for by the command line or CREMA_TF32: a net's STRICT_FP32 does not undo it.
     forced_tf32: bool,
     deterministic: bool,
+    /// Blocks of 256 threads the GPU holds at once (multiprocessors × 8).
+    resident_blocks: u32,
     /// Time cuDNN's graph-API plans against the legacy algorithms (`CREMA_CUDNN_GRAPH=0`: no).
     graph_api: bool,
     seed: Cell<u64>,
@@ -270,6 +272,8 @@ impl CudaEngine {
         set_blas_math(&blas, !forced_tf32)?;
         let dnn = conv::Handle::new(stream.cu_stream() as _)?;
         let kernels = Kernels::load(&ctx)?;
+        let sm = cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT;
+        let resident_blocks = (ctx.attribute(sm).unwrap_or(0).max(1) as u32) * 8;
         let draws = stream
             .alloc_zeros::<u64>(1)
             .map_err(|e| format!("CUDA: allocating the random draw counter: {e}"))?;
@@ -291,6 +295,7 @@ impl CudaEngine {
             strict_fp32: Cell::new(!forced_tf32),
             forced_tf32,
             deterministic,
+            resident_blocks,
             graph_api: std::env::var("CREMA_CUDNN_GRAPH").map_or(true, |v| v != "0"),
             seed: Cell::new(0x5eed),
             draws: RefCell::new(draws),
@@ -346,6 +351,16 @@ impl CudaEngine {
     fn launch(&self, name: &'static str, n: usize, args: &[Arg]) {
         if n > 0 {
             self.kernels.launch(&self.stream, name, grid_for(n), args);
+        }
+    }
+
+    /// As [`CudaEngine::launch`], with no more blocks than the GPU holds at once, each thread
+    /// looping over many elements: for kernels whose blocks first set up shared state (pool.cu's
+    /// divisors), which one block per 256 elements would repeat hundreds of thousands of times.
+    fn launch_resident(&self, name: &'static str, n: usize, args: &[Arg]) {
+        if n > 0 {
+            let grid = grid_for(n).min(self.resident_blocks);
+            self.kernels.launch(&self.stream, name, grid, args);
         }
     }
 
@@ -1481,7 +1496,7 @@ impl Engine for CudaEngine {
         let mut args = Self::pool_args(g, method).to_vec();
         args.push(Arg::U64(self.p(x)));
         args.push(Arg::U64(self.p(y)));
-        self.launch(
+        self.launch_resident(
             "pool_fwd_f32",
             g.num * g.channels * g.out_h * g.out_w,
             &args,
@@ -1508,12 +1523,12 @@ impl Engine for CudaEngine {
             let mut args = Self::pool_args(g, method)[..11].to_vec();
             args.push(Arg::U64(self.p(x)));
             args.push(Arg::U64(pa));
-            self.launch("pool_argmax_i32", outputs, &args);
+            self.launch_resident("pool_argmax_i32", outputs, &args);
             let mut args = Self::pool_args(g, method)[..11].to_vec();
             args.push(Arg::U64(pa));
             args.push(Arg::U64(self.p(dy)));
             args.push(Arg::U64(self.p(dx)));
-            self.launch("pool_bwd_max_f32", inputs, &args);
+            self.launch_resident("pool_bwd_max_f32", inputs, &args);
             return;
         }
         let mut args = Self::pool_args(g, method).to_vec();
@@ -1521,7 +1536,7 @@ impl Engine for CudaEngine {
         args.push(Arg::U64(self.p(x)));
         args.push(Arg::U64(self.p(dy)));
         args.push(Arg::U64(self.p(dx)));
-        self.launch("pool_bwd_f32", inputs, &args);
+        self.launch_resident("pool_bwd_f32", inputs, &args);
     }
 
     fn lrn_forward(&self, p: &LrnParams, x: &Buffer, y: &mut Buffer, scale: &mut Buffer) {
@@ -1629,7 +1644,7 @@ impl Engine for CudaEngine {
             };
             let mut args = Self::pool_args(&g, PoolMethod::Ave).to_vec();
             args.extend([px, pd, Arg::U64(self.p(&dsq))]);
-            self.launch("pool_bwd_f32", n, &args);
+            self.launch_resident("pool_bwd_f32", n, &args);
             self.launch(
                 "lrn_within_dx_f32",
                 n,
