@@ -85,25 +85,31 @@ impl Desc {
         Ok(self)
     }
 
+    /// Reads an attribute into `out` (elements of the type `ty` names) and returns how many
+    /// elements cuDNN has; an empty `out` only asks for that count.
+    fn get_into<T>(&self, name: Attr, ty: Ty, out: &mut [T]) -> Result<usize, String> {
+        let mut n = 0i64;
+        let ptr = if out.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            out.as_mut_ptr() as *mut c_void
+        };
+        // SAFETY: `out` holds `len` elements of the type `ty` names (or is null with a count of
+        // zero); cuDNN writes at most that many.
+        ck(
+            unsafe {
+                sys::cudnnBackendGetAttribute(self.0, name, ty, out.len() as i64, &mut n, ptr)
+            },
+            &format!("cudnnBackendGetAttribute({name:?})"),
+        )?;
+        Ok(n.max(0) as usize)
+    }
+
     /// Reads up to `N` elements of an attribute.
     fn get<T: Copy + Default, const N: usize>(&self, name: Attr, ty: Ty) -> Result<Vec<T>, String> {
         let mut out = [T::default(); N];
-        let mut n = 0i64;
-        // SAFETY: `out` holds N elements of the type `ty` names; cuDNN writes at most N.
-        ck(
-            unsafe {
-                sys::cudnnBackendGetAttribute(
-                    self.0,
-                    name,
-                    ty,
-                    N as i64,
-                    &mut n,
-                    out.as_mut_ptr() as *mut c_void,
-                )
-            },
-            "cudnnBackendGetAttribute",
-        )?;
-        Ok(out[..(n.max(0) as usize).min(N)].to_vec())
+        let n = self.get_into(name, ty, &mut out)?;
+        Ok(out[..n.min(N)].to_vec())
     }
 }
 
@@ -296,91 +302,46 @@ fn ranked(graph: &Desc, mode: sys::cudnnBackendHeurMode_t) -> Result<Vec<Desc>, 
             &[mode],
         )?;
     let heur = heur.finalize()?;
-    let mut count = 0i64;
-    // SAFETY: asking for zero elements only reports how many there are.
-    ck(
-        unsafe {
-            sys::cudnnBackendGetAttribute(
-                heur.0,
-                Attr::CUDNN_ATTR_ENGINEHEUR_RESULTS,
-                Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR,
-                0,
-                &mut count,
-                std::ptr::null_mut(),
-            )
-        },
-        "cudnnBackendGetAttribute(ENGINEHEUR_RESULTS)",
+    let results = Attr::CUDNN_ATTR_ENGINEHEUR_RESULTS;
+    let count = heur.get_into::<sys::cudnnBackendDescriptor_t>(
+        results,
+        Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+        &mut [],
     )?;
-    let cfgs = (0..count.max(0))
+    // cuDNN fills engine-config descriptors created beforehand.
+    let cfgs = (0..count)
         .map(|_| Desc::new(Kind::CUDNN_BACKEND_ENGINECFG_DESCRIPTOR))
         .collect::<Result<Vec<_>, _>>()?;
     let mut raw: Vec<sys::cudnnBackendDescriptor_t> = cfgs.iter().map(|d| d.0).collect();
-    let mut got = 0i64;
-    // SAFETY: `raw` holds `count` created engine-config descriptors for cuDNN to fill.
-    ck(
-        unsafe {
-            sys::cudnnBackendGetAttribute(
-                heur.0,
-                Attr::CUDNN_ATTR_ENGINEHEUR_RESULTS,
-                Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR,
-                count,
-                &mut got,
-                raw.as_mut_ptr() as *mut c_void,
-            )
-        },
-        "cudnnBackendGetAttribute(ENGINEHEUR_RESULTS)",
-    )?;
+    let got = heur.get_into(results, Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR, &mut raw)?;
     let mut cfgs = cfgs;
-    cfgs.truncate(got.max(0) as usize);
+    cfgs.truncate(got);
     Ok(cfgs)
 }
 
 /// The engine of a configuration: (global index, numerical notes).
 fn engine_of(cfg: &Desc) -> Result<(i64, Vec<sys::cudnnBackendNumericalNote_t>), String> {
+    use sys::cudnnBackendNumericalNote_t as Note;
     let engine = Desc::new(Kind::CUDNN_BACKEND_ENGINE_DESCRIPTOR)?;
-    let mut n = 0i64;
-    let mut raw = engine.0;
-    // SAFETY: one created engine descriptor for cuDNN to fill.
-    ck(
-        unsafe {
-            sys::cudnnBackendGetAttribute(
-                cfg.0,
-                Attr::CUDNN_ATTR_ENGINECFG_ENGINE,
-                Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR,
-                1,
-                &mut n,
-                &mut raw as *mut _ as *mut c_void,
-            )
-        },
-        "cudnnBackendGetAttribute(ENGINECFG_ENGINE)",
+    // cuDNN fills the engine descriptor created here.
+    cfg.get_into(
+        Attr::CUDNN_ATTR_ENGINECFG_ENGINE,
+        Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+        &mut [engine.0],
     )?;
     let index = engine
         .get::<i64, 1>(Attr::CUDNN_ATTR_ENGINE_GLOBAL_INDEX, Ty::CUDNN_TYPE_INT64)?
         .first()
         .copied()
         .unwrap_or(-1);
-    Ok((index, get_notes(&engine)?))
-}
-
-fn get_notes(engine: &Desc) -> Result<Vec<sys::cudnnBackendNumericalNote_t>, String> {
-    const N: usize = sys::cudnnBackendNumericalNote_t::CUDNN_NUMERICAL_NOTE_TYPE_COUNT as usize;
-    let mut out = [sys::cudnnBackendNumericalNote_t::CUDNN_NUMERICAL_NOTE_TYPE_COUNT; N];
-    let mut n = 0i64;
-    // SAFETY: `out` holds N notes; cuDNN writes at most N.
-    ck(
-        unsafe {
-            sys::cudnnBackendGetAttribute(
-                engine.0,
-                Attr::CUDNN_ATTR_ENGINE_NUMERICAL_NOTE,
-                Ty::CUDNN_TYPE_NUMERICAL_NOTE,
-                N as i64,
-                &mut n,
-                out.as_mut_ptr() as *mut c_void,
-            )
-        },
-        "cudnnBackendGetAttribute(ENGINE_NUMERICAL_NOTE)",
+    const N: usize = Note::CUDNN_NUMERICAL_NOTE_TYPE_COUNT as usize;
+    let mut notes = [Note::CUDNN_NUMERICAL_NOTE_TYPE_COUNT; N];
+    let n = engine.get_into(
+        Attr::CUDNN_ATTR_ENGINE_NUMERICAL_NOTE,
+        Ty::CUDNN_TYPE_NUMERICAL_NOTE,
+        &mut notes,
     )?;
-    Ok(out[..(n.max(0) as usize).min(N)].to_vec())
+    Ok((index, notes[..n.min(N)].to_vec()))
 }
 
 /// Up to `max` execution plans for one direction of `g` that `policy` allows, in cuDNN's order:
