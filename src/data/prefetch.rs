@@ -102,6 +102,7 @@ impl Feed {
         };
         let (tx, rx) = sync_channel(depth.max(1));
         let (recycle_tx, recycle_rx) = sync_channel::<Pixels>(depth.max(1) + 1);
+        let mut spread = Spread::default();
         let mut produce = move || -> BatchResult {
             let t0 = Instant::now();
             let mut names = Vec::with_capacity(batch);
@@ -112,13 +113,22 @@ impl Feed {
                 items.push(item);
             }
             let read = t0.elapsed();
-            // Decoding is the costly part: spread it over the cores.
-            let datums: Vec<Datum> = pool.install(|| {
+            let serial = spread.serial();
+            // Decoding is the costly part: spread it over the cores, unless handing a batch to
+            // the pool costs more than its work (small raw items: MNIST, CIFAR).
+            let datums: Vec<Datum> = if serial {
                 items
-                    .into_par_iter()
+                    .into_iter()
                     .map(&decode)
                     .collect::<std::result::Result<_, _>>()
-            })?;
+            } else {
+                pool.install(|| {
+                    items
+                        .into_par_iter()
+                        .map(&decode)
+                        .collect::<std::result::Result<_, _>>()
+                })
+            }?;
             let t1 = Instant::now();
             let dims = |d: &Datum| {
                 (
@@ -161,18 +171,19 @@ impl Feed {
                     Some(Pixels::Bytes { bytes, .. }) => bytes,
                     _ => vec![0u8; batch * item],
                 };
-                pool.install(|| {
-                    bytes
-                        .par_chunks_mut(item.max(1))
-                        .zip(datums.par_iter())
-                        .zip(draws.par_iter())
-                        .zip(names.par_iter())
-                        .try_for_each(|(((out, d), &(h_off, w_off, mirror)), name)| {
-                            t.crop_bytes_at(d, out, h_off, w_off, mirror)
-                                .map(|_| ())
-                                .map_err(|e| format!("`{name}`: {e}"))
-                        })
-                })?;
+                let items = Items {
+                    datums: &datums,
+                    draws: &draws,
+                    names: &names,
+                    item,
+                };
+                items.fill(
+                    (!serial).then_some(&pool),
+                    &mut bytes,
+                    |out, d, (h_off, w_off, mirror)| {
+                        t.crop_bytes_at(d, out, h_off, w_off, mirror).map(|_| ())
+                    },
+                )?;
                 Pixels::Bytes {
                     bytes,
                     places: draws
@@ -187,22 +198,25 @@ impl Feed {
                     Some(Pixels::Floats(v)) => v,
                     _ => vec![0.0f32; batch * item],
                 };
-                pool.install(|| {
-                    data.par_chunks_mut(item.max(1))
-                        .zip(datums.par_iter())
-                        .zip(draws.par_iter())
-                        .zip(names.par_iter())
-                        .try_for_each(|(((out, d), &(h_off, w_off, mirror)), name)| {
-                            t.transform_at(d, out, h_off, w_off, mirror)
-                                .map_err(|e| format!("`{name}`: {e}"))
-                        })
-                })?;
+                let items = Items {
+                    datums: &datums,
+                    draws: &draws,
+                    names: &names,
+                    item,
+                };
+                items.fill(
+                    (!serial).then_some(&pool),
+                    &mut data,
+                    |out, d, (h_off, w_off, mirror)| t.transform_at(d, out, h_off, w_off, mirror),
+                )?;
                 Pixels::Floats(data)
             };
+            spread.record(serial, t0.elapsed() - read);
             let ms = |d: Duration| d.as_secs_f64() * 1e3;
             tracing::debug!(
-                "prefetched {batch} items in {:.1} ms: {:.1} reading, {:.1} decoding, {:.1} transforming",
+                "prefetched {batch} items in {:.1} ms ({}): {:.1} reading, {:.1} decoding, {:.1} transforming",
                 ms(t0.elapsed()),
+                if serial { "one thread" } else { "all cores" },
                 ms(read),
                 ms(t1 - t0 - read),
                 ms(t1.elapsed())
@@ -315,5 +329,81 @@ impl Feed {
     /// Batches served so far.
     pub fn batches(&self) -> usize {
         self.batches
+    }
+}
+
+/// Whether a batch is decoded and transformed on the prefetch thread alone or on all cores. Waking
+/// the pool costs a few hundred microseconds, more than all the work of a batch of small raw items
+/// (64 MNIST digits), yet a tiny share of a batch of JPEGs or 227×227 crops. The first batches
+/// alternate between the two ways, then the one with the lower running mean is taken, the other
+/// being tried again now and then in case the items change.
+#[derive(Default)]
+struct Spread {
+    /// Running mean (decode + transform) in seconds per way: [all cores, one thread].
+    mean: [f64; 2],
+    tries: [usize; 2],
+    batches: usize,
+}
+
+impl Spread {
+    /// Batches each way before choosing.
+    const PROBE: usize = 4;
+    /// Batches between two tries of the way not taken.
+    const RETRY: usize = 100;
+
+    fn serial(&mut self) -> bool {
+        self.batches += 1;
+        if self.tries.iter().any(|&t| t < Self::PROBE) {
+            return self.tries[0] > self.tries[1];
+        }
+        let faster_serial = self.mean[1] < self.mean[0];
+        faster_serial != (self.batches % Self::RETRY == 0)
+    }
+
+    fn record(&mut self, serial: bool, took: Duration) {
+        let k = serial as usize;
+        let t = took.as_secs_f64();
+        self.tries[k] += 1;
+        // A plain mean while probing, then an exponential one that follows changes.
+        let weight = (1.0 / self.tries[k] as f64).max(0.2);
+        self.mean[k] += weight * (t - self.mean[k]);
+    }
+}
+
+/// One batch's decoded items with their crop and flip draws and names (for errors), each to be
+/// written into its `item`-long slice of a batch buffer.
+struct Items<'a> {
+    datums: &'a [Datum],
+    draws: &'a [(usize, usize, bool)],
+    names: &'a [String],
+    item: usize,
+}
+
+impl Items<'_> {
+    /// Runs `f(slice, datum, draw)` for every item, on `pool` if given, else on this thread.
+    fn fill<E: Send>(
+        &self,
+        pool: Option<&rayon::ThreadPool>,
+        out: &mut [E],
+        f: impl Fn(&mut [E], &Datum, (usize, usize, bool)) -> crema_data_tools::Result<()> + Sync,
+    ) -> std::result::Result<(), String> {
+        let one =
+            |((out, d), (&draw, name)): ((&mut [E], &Datum), (&(usize, usize, bool), &String))| {
+                f(out, d, draw).map_err(|e| format!("`{name}`: {e}"))
+            };
+        let n = self.item.max(1);
+        match pool {
+            Some(pool) => pool.install(|| {
+                out.par_chunks_mut(n)
+                    .zip(self.datums.par_iter())
+                    .zip(self.draws.par_iter().zip(self.names.par_iter()))
+                    .try_for_each(one)
+            }),
+            None => out
+                .chunks_mut(n)
+                .zip(self.datums.iter())
+                .zip(self.draws.iter().zip(self.names.iter()))
+                .try_for_each(one),
+        }
     }
 }
