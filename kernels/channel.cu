@@ -7,8 +7,12 @@
 
 // mode 0: S1 = sum a.  mode 1: S1 = sum a, S2 = sum a*a.  mode 2: S1 = sum a, S2 = sum a*b.
 // part holds S1 for block b at part[b] and S2 at part[gridDim.x + b]. 256 threads per block.
+// With a gate (gz non-null), a ReLU's backward pass first applies to a: a *= slope where the ReLU's
+// input z = gz, or fmaf(gz, gg[c], gb[c]) with gg non-null, is not positive; gout (if non-null)
+// receives the gated a (it may be a itself).
 extern "C" __global__ void chan_partial_f64(unsigned outer, unsigned ch, unsigned inner, unsigned splits, int mode,
-                                            const float* a, const float* b, double* part) {
+                                            const float* a, const float* b, double* part, const float* gz,
+                                            const float* gg, const float* gb, float slope, float* gout) {
   __shared__ double s1[256];
   __shared__ double s2[256];
   unsigned c = blockIdx.x / splits, sp = blockIdx.x % splits;
@@ -19,7 +23,13 @@ extern "C" __global__ void chan_partial_f64(unsigned outer, unsigned ch, unsigne
   unsigned j = sp * blockDim.x + threadIdx.x, o = j / inner, i = j - o * inner;
   for (; j < m; j += stride) {
     unsigned k = (o * ch + c) * inner + i;
-    double v = a[k];
+    float av = a[k];
+    if (gz) {
+      float z = gg ? fmaf(gz[k], gg[c], gb[c]) : gz[k];
+      if (!(z > 0.0f)) av *= slope;
+      if (gout) gout[k] = av;
+    }
+    double v = av;
     acc1 += v;
     if (mode == 1) acc2 += v * v;
     else if (mode == 2) acc2 += v * (double)b[k];
@@ -93,7 +103,8 @@ extern "C" __global__ void bn_norm_f32(unsigned n, unsigned ch, unsigned inner, 
     unsigned c = ((unsigned)k / inner) % ch;
     float v = (x[k] - mean[c]) / stdv[c];
     x_norm[k] = v;
-    if (gamma) v = v * gamma[c] + beta[c];
+    // fmaf: the backward pass recomputes this value to gate a folded-in ReLU and must match it.
+    if (gamma) v = fmaf(v, gamma[c], beta[c]);
     if (relu && v < 0.0f) v = 0.0f;
     y[k] = v;
   }
@@ -101,12 +112,18 @@ extern "C" __global__ void bn_norm_f32(unsigned n, unsigned ch, unsigned inner, 
 
 // g = dy, times gamma[c] with a folded-in Scale (gamma non-null); then dx = (g - mdy[c] - y * mdyy[c]) / std[c],
 // or g / std[c] with global statistics; mdy, mdyy are the means of dy and dy*y, also times gamma[c]; dy may be dx.
+// gated: a folded-in ReLU's backward pass first, dy *= slope where fmaf(y, gamma[c], beta[c]) (y without a Scale)
+// is not positive.
 extern "C" __global__ void bn_bwd_f32(unsigned n, unsigned ch, unsigned inner, int global, const float* y,
                                       const float* dy, const float* mdy, const float* mdyy, const float* stdv,
-                                      float* dx, const float* gamma) {
+                                      float* dx, const float* gamma, const float* beta, float slope, int gated) {
   CUDA_LOOP(k, n) {
     unsigned c = ((unsigned)k / inner) % ch;
     float g = dy[k];
+    if (gated) {
+      float z = gamma ? fmaf(y[k], gamma[c], beta[c]) : y[k];
+      if (!(z > 0.0f)) g *= slope;
+    }
     if (gamma) {
       float s = gamma[c];
       g = g * s;

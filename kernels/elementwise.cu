@@ -39,6 +39,18 @@ extern "C" __global__ void sum2_f32(u64 n, float c0, const float* a, float c1, c
   }
 }
 
+// Eltwise SUM's backward pass for two bottoms: d0 = c0 * g, d1 = c1 * g (d1 may be null), where g = dy, or with y
+// non-null, dy through the backward pass of a ReLU that ran in place on the sum y (times slope where y <= 0).
+extern "C" __global__ void sum_bwd2_f32(u64 n, const float* dy, const float* y, float slope, float c0, float* d0,
+                                        float c1, float* d1) {
+  CUDA_LOOP(i, n) {
+    float g = dy[i];
+    if (y && !(y[i] > 0.0f)) g *= slope;
+    d0[i] = c0 * g;
+    if (d1) d1[i] = c1 * g;
+  }
+}
+
 extern "C" __global__ void scale_f32(u64 n, float alpha, float* y) {
   CUDA_LOOP(i, n) y[i] *= alpha;
 }

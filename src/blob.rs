@@ -14,7 +14,8 @@ pub type BlobRef = Rc<Blob>;
 #[derive(Debug)]
 pub struct Blob {
     shape: RefCell<Vec<usize>>,
-    data: RefCell<Buffer>,
+    /// Shared with another blob's data where a layer's top is its bottom's data (Split).
+    data: Rc<RefCell<Buffer>>,
     diff: RefCell<Buffer>,
 }
 
@@ -24,9 +25,25 @@ impl Blob {
         let n = shape.iter().product();
         Blob {
             shape: RefCell::new(shape.to_vec()),
-            data: RefCell::new(engine.alloc(n)),
+            data: Rc::new(RefCell::new(engine.alloc(n))),
             diff: RefCell::new(engine.alloc(n)),
         }
+    }
+
+    /// A blob whose data is `other`'s very data (what one writes, the other reads; a reshape
+    /// of either to another size gives both new memory), with a gradient of its own.
+    pub fn sharing_data(engine: &dyn Engine, other: &Blob) -> BlobRef {
+        let shape = other.shape();
+        Rc::new(Blob {
+            data: other.data.clone(),
+            diff: RefCell::new(engine.alloc(shape.iter().product())),
+            shape: RefCell::new(shape),
+        })
+    }
+
+    /// Whether the two blobs hold the same data memory.
+    pub fn shares_data(&self, other: &Blob) -> bool {
+        Rc::ptr_eq(&self.data, &other.data)
     }
 
     /// Same as [`Blob::new`], wrapped in a shared handle.
@@ -63,8 +80,11 @@ impl Blob {
     /// Changes the shape, reallocating only when the element count changes.
     pub fn reshape(&self, engine: &dyn Engine, shape: &[usize]) {
         let n: usize = shape.iter().product();
-        if n != self.count() || self.data.borrow().len() != n {
+        // Memory of the new size; shared data already resized by its other holder is kept.
+        if self.data.borrow().len() != n {
             *self.data.borrow_mut() = engine.alloc(n);
+        }
+        if self.diff.borrow().len() != n {
             *self.diff.borrow_mut() = engine.alloc(n);
         }
         *self.shape.borrow_mut() = shape.to_vec();

@@ -1,7 +1,8 @@
 //! A Convolution, BatchNorm or Eltwise SUM applies the in-place activation after it in its own
-//! forward pass (the net skips the activation layer's forward), and a BatchNorm runs the
-//! in-place Scale after it (both passes): the loss and every gradient must be what the same net gives with those
-//! layers written out of place, where nothing is fused.
+//! forward pass (the net skips the activation layer's forward) and, for a ReLU, in its backward
+//! pass too; a BatchNorm runs the in-place Scale after it (both passes): the loss and every
+//! gradient must be what the same net gives with those layers written out of place, where
+//! nothing is fused.
 
 use crema::engine::{CpuEngine, Engine};
 use crema::layers::Phase;
@@ -43,6 +44,7 @@ fn net_text(in_place: bool) -> String {
     let (scale5, a5) = scale("scale5", "bn5");
     let (relu5, a5) = act("relu5", "ReLU", &a5);
     let (scale6, a6) = scale("scale6", "conv6");
+    let (relu6, a6) = act("relu6", "ReLU", &a6);
     let (relu7, a7) = act("relu7", "ReLU", "sum7");
     format!(
         r#"name: "fusion"
@@ -71,6 +73,7 @@ layer {{ name: "conv6" type: "Convolution" bottom: "{a5}" top: "conv6"
   convolution_param {{ num_output: 4 kernel_size: 1 bias_term: false weight_filler {{ type: "gaussian" std: 0.5 }} }} }}
 layer {{ name: "bn6" type: "BatchNorm" bottom: "conv6" top: "conv6" }}
 {scale6}
+{relu6}
 layer {{ name: "sum7" type: "Eltwise" bottom: "{a6}" bottom: "{a5}" top: "sum7"
   eltwise_param {{ operation: SUM coeff: 1 coeff: -0.5 }} }}
 {relu7}
@@ -122,9 +125,17 @@ pub fn compare(engine: Rc<dyn Engine>, tol: f32) {
     // relu2 follows a pooling layer, which does not take activations.
     assert_eq!(
         absorbed(&fused),
-        ["relu1", "sig3", "relu4", "scale5", "relu5", "scale6", "relu7"]
+        ["relu1", "sig3", "relu4", "scale5", "relu5", "scale6", "relu6", "relu7"]
     );
     assert!(absorbed(&plain).is_empty());
+    // Every ReLU's backward pass runs in its producer's; the Sigmoid's runs on its own.
+    let forward_only: Vec<&str> = fused
+        .layers()
+        .iter()
+        .filter(|l| l.fused == crema::net::Fused::Forward)
+        .map(|l| l.name.as_str())
+        .collect();
+    assert_eq!(forward_only, ["sig3"]);
     assert!(a[0][0].is_finite() && a[0][0] > 0.0, "loss {}", a[0][0]);
     assert!(
         a[1].iter().any(|v| *v != 0.0),

@@ -357,7 +357,7 @@ impl Spread {
             return self.tries[0] > self.tries[1];
         }
         let faster_serial = self.mean[1] < self.mean[0];
-        faster_serial != (self.batches % Self::RETRY == 0)
+        faster_serial != self.batches.is_multiple_of(Self::RETRY)
     }
 
     fn record(&mut self, serial: bool, took: Duration) {
@@ -370,11 +370,14 @@ impl Spread {
     }
 }
 
+/// An item's crop row and column offsets and whether it is mirrored.
+type Draw = (usize, usize, bool);
+
 /// One batch's decoded items with their crop and flip draws and names (for errors), each to be
 /// written into its `item`-long slice of a batch buffer.
 struct Items<'a> {
     datums: &'a [Datum],
-    draws: &'a [(usize, usize, bool)],
+    draws: &'a [Draw],
     names: &'a [String],
     item: usize,
 }
@@ -385,12 +388,12 @@ impl Items<'_> {
         &self,
         pool: Option<&rayon::ThreadPool>,
         out: &mut [E],
-        f: impl Fn(&mut [E], &Datum, (usize, usize, bool)) -> crema_data_tools::Result<()> + Sync,
+        f: impl Fn(&mut [E], &Datum, Draw) -> crema_data_tools::Result<()> + Sync,
     ) -> std::result::Result<(), String> {
-        let one =
-            |((out, d), (&draw, name)): ((&mut [E], &Datum), (&(usize, usize, bool), &String))| {
-                f(out, d, draw).map_err(|e| format!("`{name}`: {e}"))
-            };
+        type One<'a, E> = ((&'a mut [E], &'a Datum), (&'a Draw, &'a String));
+        let one = |((out, d), (&draw, name)): One<E>| {
+            f(out, d, draw).map_err(|e| format!("`{name}`: {e}"))
+        };
         let n = self.item.max(1);
         match pool {
             Some(pool) => pool.install(|| {

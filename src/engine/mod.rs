@@ -402,6 +402,54 @@ pub trait Engine {
     // ---- activations ----
     /// y = f(x); `x` None means in place on y.
     fn act_forward(&self, f: Activation, x: Option<&Buffer>, y: &mut Buffer);
+    /// The backward pass of a ReLU (`slope` its negative_slope) that ran in place on `y`, fused
+    /// with the bias gradient of the layer before it: dy ×= (y > 0 ? 1 : slope) in place, then,
+    /// with `db`, db[c] += Σ dy[n, c, i] over an outer×ch×inner layout.
+    #[allow(clippy::too_many_arguments)]
+    fn relu_backward_bias(
+        &self,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        slope: f32,
+        y: &Buffer,
+        dy: &mut Buffer,
+        db: Option<&mut Buffer>,
+    ) {
+        let relu = Activation::Relu {
+            negative_slope: slope,
+        };
+        self.act_backward(relu, y, y, None, dy);
+        if let Some(db) = db {
+            self.bias_backward(outer, ch, inner, dy, db);
+        }
+    }
+    /// The backward pass of y = Σ cᵢ·xᵢ (Eltwise SUM): dxᵢ = cᵢ·dy for every (cᵢ, dxᵢ) in
+    /// `outs`; with `gate` = (slope, y), dy first goes through the backward pass of a ReLU that
+    /// ran in place on the sum's output y.
+    fn sum_backward(
+        &self,
+        dy: &Buffer,
+        gate: Option<(f32, &Buffer)>,
+        outs: &mut [(f32, &mut Buffer)],
+    ) {
+        let gated;
+        let g = match gate {
+            Some((slope, y)) => {
+                let mut t = self.alloc(dy.len());
+                let relu = Activation::Relu {
+                    negative_slope: slope,
+                };
+                self.act_backward(relu, y, y, Some(dy), &mut t);
+                gated = t;
+                &gated
+            }
+            None => dy,
+        };
+        for (c, dx) in outs.iter_mut() {
+            self.axpby(*c, g, 0.0, dx);
+        }
+    }
     /// dx = f'(·) dy, where `x` is the bottom data and `y` the top data (the same buffer when the
     /// layer runs in place); `dy` None means dx holds dy (in place).
     fn act_backward(
@@ -806,9 +854,10 @@ pub trait Engine {
     }
 
     /// The backward pass of [`Engine::bn_normalize_affine`] with γ = `gamma`, given dz, the
-    /// gradient of its output (the activation's own backward pass already applied):
-    /// dγ += Σ x_norm·dz and dβ += Σ dz per channel, then, if `dx` is given, dx = the
-    /// [`Engine::bn_backward`] of γ[c]·dz. `dz` None: it is in `dx`.
+    /// gradient of its output: dγ += Σ x_norm·dz and dβ += Σ dz per channel, then, if `dx` is
+    /// given, dx = the [`Engine::bn_backward`] of γ[c]·dz. `dz` None: it is in `dx`. With `gate`
+    /// = (β, slope), a ReLU ran on the output and its backward pass is applied to dz first: dz
+    /// ×= slope where γ[c]·x_norm + β[c] ≤ 0 (dz itself is left as it is).
     #[allow(clippy::too_many_arguments)]
     fn bn_backward_affine(
         &self,
@@ -822,9 +871,10 @@ pub trait Engine {
         grads: (&mut Buffer, &mut Buffer),
         dz: Option<&Buffer>,
         dx: Option<&mut Buffer>,
+        gate: Option<(&Buffer, f32)>,
     ) {
         composed::bn_backward_affine(
-            self, outer, ch, inner, global, x_norm, std, gamma, grads, dz, dx,
+            self, outer, ch, inner, global, x_norm, std, gamma, grads, dz, dx, gate,
         )
     }
 }
@@ -1006,7 +1056,24 @@ pub(crate) mod composed {
         (dgamma, dbeta): (&mut Buffer, &mut Buffer),
         dz: Option<&Buffer>,
         dx: Option<&mut Buffer>,
+        gate: Option<(&Buffer, f32)>,
     ) {
+        // The ReLU's backward pass on a copy of dz, its input recomputed from x_norm.
+        let gated;
+        let dz = match (gate, dz.or(dx.as_deref())) {
+            (Some((beta, slope)), Some(g)) => {
+                let mut z = e.alloc(g.len());
+                e.channel_affine(outer, ch, inner, gamma, Some(beta), Some(x_norm), &mut z);
+                let mut t = e.alloc(g.len());
+                let relu = Activation::Relu {
+                    negative_slope: slope,
+                };
+                e.act_backward(relu, &z, &z, Some(g), &mut t);
+                gated = t;
+                Some(&gated)
+            }
+            _ => dz,
+        };
         let Some(dx) = dx else {
             if let Some(dz) = dz {
                 e.bias_backward(outer, ch, inner, dz, dbeta);

@@ -30,6 +30,8 @@ pub struct BatchNorm {
     affine: Option<(BlobRef, BlobRef)>,
     /// The in-place activation after it (or after its Scale), applied here.
     act: Option<Activation>,
+    /// Whether the backward pass also runs that activation's (a ReLU after a folded-in Scale).
+    act_backward: bool,
 }
 
 impl BatchNorm {
@@ -57,6 +59,7 @@ impl BatchNorm {
             one: Work::default(),
             affine: None,
             act: None,
+            act_backward: false,
         }))
     }
 }
@@ -186,6 +189,13 @@ impl Layer for BatchNorm {
             let (mut dg, mut db) = (gamma.diff_mut(), beta.diff_mut());
             let dz = (!in_place || !pd[0]).then(|| top[0].diff());
             let mut dx = pd[0].then(|| bottom[0].diff_mut());
+            let beta_data = beta.data();
+            let gate = match self.act {
+                Some(Activation::Relu { negative_slope }) if self.act_backward => {
+                    Some((&*beta_data, negative_slope))
+                }
+                _ => None,
+            };
             e.bn_backward_affine(
                 num,
                 c,
@@ -197,6 +207,7 @@ impl Layer for BatchNorm {
                 (&mut dg, &mut db),
                 dz.as_deref(),
                 dx.as_deref_mut(),
+                gate,
             );
             return Ok(());
         }
@@ -233,6 +244,14 @@ impl Layer for BatchNorm {
         }
         self.act = Some(act);
         true
+    }
+
+    fn absorb_activation_backward(&mut self) -> bool {
+        // The ReLU's input is recomputed from x_norm, γ and β inside the Scale's and
+        // BatchNorm's backward kernels.
+        let relu = matches!(self.act, Some(Activation::Relu { .. }));
+        self.act_backward = relu && self.affine.is_some();
+        self.act_backward
     }
 
     fn blobs(&mut self) -> &mut [BlobRef] {

@@ -72,6 +72,8 @@ pub struct Convolution {
     /// The activation of an in-place layer after this one, applied here (see
     /// [`Layer::absorb_activation`]).
     act: Option<Activation>,
+    /// Whether the backward pass also runs that activation's (a ReLU).
+    act_backward: bool,
 }
 
 impl Convolution {
@@ -91,6 +93,7 @@ impl Convolution {
             in_channels: 0,
             geoms: vec![],
             act: None,
+            act_backward: false,
         }))
     }
 
@@ -143,8 +146,17 @@ impl Layer for Convolution {
         true
     }
     fn absorb_activation(&mut self, act: Activation) -> bool {
+        if self.act.is_some() {
+            return false;
+        }
         self.act = Some(act);
         true
+    }
+    fn absorb_activation_backward(&mut self) -> bool {
+        // The ReLU's gradient mask comes from the top's data, and with a bias it runs in the
+        // same pass as the bias gradient.
+        self.act_backward = matches!(self.act, Some(Activation::Relu { .. }));
+        self.act_backward
     }
     fn arity(&self) -> ((usize, usize), (usize, usize)) {
         ((1, usize::MAX), (1, usize::MAX))
@@ -225,14 +237,21 @@ impl Layer for Convolution {
     ) -> Result<()> {
         let e = cx.engine;
         for (i, ((b, t), g)) in bottom.iter().zip(top).zip(&self.geoms).enumerate() {
-            if let Some(bias) = self.blobs.get(1) {
-                e.bias_backward(
-                    g.num,
-                    g.out_channels,
-                    g.out_h() * g.out_w(),
-                    &t.diff(),
-                    &mut bias.diff_mut(),
+            let (outer, ch, inner) = (g.num, g.out_channels, g.out_h() * g.out_w());
+            if let (true, Some(Activation::Relu { negative_slope })) = (self.act_backward, self.act)
+            {
+                let mut db = self.blobs.get(1).map(|b| b.diff_mut());
+                e.relu_backward_bias(
+                    outer,
+                    ch,
+                    inner,
+                    negative_slope,
+                    &t.data(),
+                    &mut t.diff_mut(),
+                    db.as_deref_mut(),
                 );
+            } else if let Some(bias) = self.blobs.get(1) {
+                e.bias_backward(outer, ch, inner, &t.diff(), &mut bias.diff_mut());
             }
             e.conv_backward_filter(g, &b.data(), &t.diff(), &mut self.blobs[0].diff_mut());
             if pd[i] {

@@ -6,6 +6,7 @@ use crate::engine::{Activation, Buffer};
 use crate::{bail, Result};
 use crema_proto::caffe::eltwise_parameter::EltwiseOp;
 use crema_proto::caffe::LayerParameter;
+use std::cell::RefMut;
 
 pub struct Eltwise {
     op: EltwiseOp,
@@ -13,6 +14,8 @@ pub struct Eltwise {
     arg: Option<BlobRef>,
     /// The in-place activation after a SUM, applied here (see [`Layer::absorb_activation`]).
     act: Option<Activation>,
+    /// Whether the backward pass also runs that activation's (a ReLU).
+    act_backward: bool,
 }
 
 impl Eltwise {
@@ -33,6 +36,7 @@ impl Eltwise {
             coeff: p.coeff.clone(),
             arg: None,
             act: None,
+            act_backward: false,
         }))
     }
 
@@ -49,6 +53,12 @@ impl Layer for Eltwise {
         }
         self.act = Some(act);
         true
+    }
+    fn absorb_activation_backward(&mut self) -> bool {
+        // The ReLU's gradient mask comes from the top's data, in the same pass that hands the
+        // gradient to the bottoms.
+        self.act_backward = matches!(self.act, Some(Activation::Relu { .. }));
+        self.act_backward
     }
     fn graph_safe(&self) -> bool {
         true
@@ -119,7 +129,35 @@ impl Layer for Eltwise {
         bottom: &[BlobRef],
     ) -> Result<()> {
         let e = cx.engine;
+        let distinct = bottom
+            .iter()
+            .enumerate()
+            .all(|(i, b)| bottom[..i].iter().all(|o| !super::in_place(o, b)));
+        if let (false, true, Some(act)) = (distinct, self.act_backward, self.act) {
+            // A bottom given twice: the activation's backward pass on its own, in place.
+            let y = top[0].data();
+            e.act_backward(act, &y, &y, None, &mut top[0].diff_mut());
+        }
         let dy = top[0].diff();
+        if self.op == EltwiseOp::Sum && distinct {
+            let y = self.act_backward.then(|| top[0].data());
+            let gate = match (self.act, &y) {
+                (Some(Activation::Relu { negative_slope }), Some(y)) => {
+                    Some((negative_slope, &**y))
+                }
+                _ => None,
+            };
+            let mut dx: Vec<(f32, RefMut<Buffer>)> = bottom
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| pd[*i])
+                .map(|(i, b)| (self.coeff(i), b.diff_mut()))
+                .collect();
+            let mut outs: Vec<(f32, &mut Buffer)> =
+                dx.iter_mut().map(|(c, d)| (*c, &mut **d)).collect();
+            e.sum_backward(&dy, gate, &mut outs);
+            return Ok(());
+        }
         for (i, b) in bottom.iter().enumerate() {
             if !pd[i] {
                 continue;

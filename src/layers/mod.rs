@@ -138,6 +138,19 @@ pub trait Layer {
     fn absorb_activation(&mut self, _act: Activation) -> bool {
         false
     }
+    /// Whether the tops may hold the very data of the first bottom (Split): the net then
+    /// creates them so, unless some layer later writes one of them in place, and the layer's
+    /// forward pass leaves them as they are. Gradients stay separate.
+    fn shares_bottom_data(&self) -> bool {
+        false
+    }
+    /// Asks a layer that applies an absorbed activation (see [`Layer::absorb_activation`]) to
+    /// run that activation's backward pass as part of its own, so the net skips it: the
+    /// gradient that reaches this layer's top is then the activation's output gradient. True if
+    /// it will.
+    fn absorb_activation_backward(&mut self) -> bool {
+        false
+    }
     /// After a non-finite loss: what this layer saw that explains it, if anything (a layer
     /// running inside a graph cannot stop the run at the moment it sees bad input).
     fn diagnose(&self, _cx: &Ctx) -> Option<String> {

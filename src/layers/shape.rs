@@ -50,9 +50,16 @@ impl Layer for Split {
     }
     fn forward(&mut self, cx: &Ctx, bottom: &[BlobRef], top: &[BlobRef]) -> Result<()> {
         for t in top {
-            copy_data(cx, &bottom[0], t);
+            // A top the net made share its bottom's data (see `Layer::shares_bottom_data`)
+            // already holds it.
+            if !t.shares_data(&bottom[0]) {
+                copy_data(cx, &bottom[0], t);
+            }
         }
         Ok(())
+    }
+    fn shares_bottom_data(&self) -> bool {
+        true
     }
     fn backward(
         &mut self,
@@ -64,12 +71,14 @@ impl Layer for Split {
         if !pd[0] {
             return Ok(());
         }
-        copy_diff(cx, &top[0], &bottom[0]);
-        let n = bottom[0].count();
-        for t in &top[1..] {
-            cx.engine
-                .add_blocks(1, n, &t.diff(), 0, 0, &mut bottom[0].diff_mut(), 0, 0);
+        if top.len() == 1 {
+            copy_diff(cx, &top[0], &bottom[0]);
+            return Ok(());
         }
+        // One pass writes the sum of the tops' gradients.
+        let diffs: Vec<_> = top.iter().map(|t| t.diff()).collect();
+        let terms: Vec<(f32, &crate::engine::Buffer)> = diffs.iter().map(|d| (1.0, &**d)).collect();
+        cx.engine.sum_terms(&terms, None, &mut bottom[0].diff_mut());
         Ok(())
     }
 }

@@ -46,8 +46,8 @@ pub enum Fused {
     No,
     /// An in-place activation: its forward is skipped, its backward runs.
     Forward,
-    /// An in-place Scale folded into a BatchNorm: neither pass runs; the layer at `into` runs
-    /// both.
+    /// An in-place layer the layer at `into` runs whole (a Scale folded into a BatchNorm, a ReLU
+    /// whose backward pass runs in its producer's): neither of its passes runs on its own.
     Whole { into: usize },
 }
 
@@ -129,6 +129,13 @@ impl Net {
         for lp in &param.layer {
             created.push(create_layer(lp).map_err(|e| e.in_layer(lp.name(), lp.r#type()))?);
         }
+        // Blobs some layer overwrites in place: a Split top among them gets data of its own.
+        let written_in_place: HashSet<&str> = param
+            .layer
+            .iter()
+            .flat_map(|l| l.top.iter().zip(&l.bottom).filter(|(t, b)| t == b))
+            .map(|(t, _)| t.as_str())
+            .collect();
         for ((li, lp), mut layer) in param.layer.iter().enumerate().zip(created) {
             let lname = lp.name().to_string();
             let kind = lp.r#type().to_string();
@@ -164,7 +171,16 @@ impl Net {
                         bail!("layer `{lname}` (type {kind}): top `{t}` is produced by more than one layer; rename one of them");
                     }
                     let id = self.blobs.len();
-                    self.blobs.push(Blob::new_ref(&*self.engine, &[]));
+                    let blob = match bottoms.first() {
+                        Some(&b)
+                            if layer.shares_bottom_data()
+                                && !written_in_place.contains(t.as_str()) =>
+                        {
+                            Blob::sharing_data(&*self.engine, &self.blobs[b])
+                        }
+                        _ => Blob::new_ref(&*self.engine, &[]),
+                    };
+                    self.blobs.push(blob);
                     self.blob_names.push(t.clone());
                     blob_need_backward.push(false);
                     by_name.insert(t.clone(), id);
@@ -320,8 +336,8 @@ impl Net {
 
     /// Lets a layer run the in-place layers that follow it in its own passes, so they cost no
     /// pass over memory of their own: a Convolution, BatchNorm or Eltwise SUM applies the ReLU
-    /// after it, and a BatchNorm the Scale after it (γ, β and their gradients), as Caffe's nets
-    /// are written.
+    /// after it (and, where it can, the ReLU's backward pass in its own), and a BatchNorm the
+    /// Scale after it (γ, β and their gradients), as Caffe's nets are written.
     /// Applies where the follower's bottom was last written by a layer with that one top and
     /// nothing in between reads it, so every layer still sees the values it would without
     /// fusion. `CREMA_FUSE=0` turns it off.
@@ -338,18 +354,22 @@ impl Net {
             let Some(j) = self.producer(i, l.bottoms[0]) else {
                 continue;
             };
-            // A Scale that stops gradients (propagate_down: false) keeps its own backward.
-            let affine = affine.filter(|_| !l.param.propagate_down.contains(&false));
+            // A layer that stops gradients (propagate_down: false) keeps its own backward.
+            let stops = l.param.propagate_down.contains(&false);
+            let affine = affine.filter(|_| !stops);
+            let producer = &mut self.layers[j].layer;
             let fused = match (affine, act) {
-                (Some((g, b)), _) => self.layers[j]
-                    .layer
+                (Some((g, b)), _) => producer
                     .absorb_affine(g, b)
                     .then_some(Fused::Whole { into: j }),
-                (None, Some(a)) => self.layers[j]
-                    .layer
-                    .absorb_activation(a)
-                    .then_some(Fused::Forward),
-                (None, None) => None,
+                (None, Some(a)) if producer.absorb_activation(a) => {
+                    if !stops && producer.absorb_activation_backward() {
+                        Some(Fused::Whole { into: j })
+                    } else {
+                        Some(Fused::Forward)
+                    }
+                }
+                (None, _) => None,
             };
             let Some(fused) = fused else { continue };
             if matches!(fused, Fused::Whole { .. }) {

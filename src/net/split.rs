@@ -81,3 +81,47 @@ pub fn insert_splits(param: &NetParameter) -> NetParameter {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::{CpuEngine, Engine};
+    use crate::layers::Phase;
+    use crate::net::{Net, State};
+    use std::rc::Rc;
+
+    #[test]
+    fn split_tops_read_the_bottom_data_and_sum_their_gradients() {
+        let text = r#"force_backward: true
+            layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
+            layer { name: "a" type: "Power" bottom: "x" top: "a" power_param { scale: 2 } }
+            layer { name: "relu_b" type: "ReLU" bottom: "x" top: "b" }
+            layer { name: "sum" type: "Eltwise" bottom: "a" bottom: "b" top: "s" }
+            layer { name: "loss" type: "EuclideanLoss" bottom: "s" bottom: "x" top: "l" }"#;
+        let p = crema_proto::parse_text(text, "t.prototxt", "caffe.NetParameter").unwrap();
+        let e: Rc<dyn Engine> = Rc::new(CpuEngine::new());
+        let mut net = Net::new(&p, &State::phase(Phase::Train), e.clone()).unwrap();
+        let x = net.blob("x").unwrap();
+        let tops: Vec<_> = (0..3)
+            .filter_map(|k| net.blob(&format!("x_in_0_split_{k}")))
+            .collect();
+        assert_eq!(tops.len(), 3, "{:?}", net.blob_names());
+        assert!(tops.iter().all(|t| t.shares_data(&x)));
+        let v = [-1.0, 0.5, 2.0, -3.0, 4.0, 0.25];
+        x.set_data(&*e, &v);
+        net.forward().unwrap();
+        for t in &tops {
+            assert_eq!(t.data_to_vec(&*e), v);
+        }
+        // s = 2x + relu(x) and loss = |s - x|² / (2·2); force_backward makes the loss pass a
+        // gradient to x as well, so dL/dx = (s - x)/2 · (2 + [x > 0] - 1).
+        net.backward().unwrap();
+        let want: Vec<f32> = v
+            .iter()
+            .map(|&x| {
+                let s = 2.0 * x + x.max(0.0);
+                (s - x) / 2.0 * (1.0 + if x > 0.0 { 1.0 } else { 0.0 })
+            })
+            .collect();
+        assert_eq!(x.diff_to_vec(&*e), want);
+    }
+}

@@ -727,9 +727,10 @@ impl CudaEngine {
     }
 
     /// Per-channel sums over outer×ch×inner (kernels/channel.cu): `mode` 0 Σa, 1 Σa and Σa², 2 Σa
-    /// and Σa·b; then chan_finish's `op` writes the channels' results at device addresses o1 (and
-    /// o2), and op 4 its gradients at `grads`. Several blocks per channel, so even a few
-    /// channels of many elements fill the GPU.
+    /// and Σa·b, with a ReLU's backward pass applied to a first where `gate` says so; then
+    /// chan_finish's `op` writes the channels' results at device addresses o1 (and o2), and op 4
+    /// its gradients at `grads`. Several blocks per channel, so even a few channels of many
+    /// elements fill the GPU.
     #[allow(clippy::too_many_arguments)]
     fn channel_reduce(
         &self,
@@ -743,6 +744,7 @@ impl CudaEngine {
         o1: u64,
         o2: u64,
         grads: (u64, u64),
+        gate: ChanGate,
     ) {
         let m = outer * inner;
         if m == 0 || ch == 0 {
@@ -763,6 +765,11 @@ impl CudaEngine {
             Arg::U64(self.p(a)),
             Arg::U64(self.p(b.unwrap_or(a))),
             Arg::U64(pp),
+            Arg::U64(gate.z),
+            Arg::U64(gate.g),
+            Arg::U64(gate.b),
+            f(gate.slope),
+            Arg::U64(gate.out),
         ];
         self.kernels
             .launch(&self.stream, "chan_partial_f64", blocks as u32, &args);
@@ -779,6 +786,28 @@ impl CudaEngine {
         ];
         self.launch("chan_finish_f64", ch, &args);
     }
+}
+
+/// A ReLU's backward pass folded into a per-channel reduction (see `chan_partial_f64`): device
+/// addresses of the ReLU's input z (or of x with z = x·g[c] + b[c] when `g` is set) and of where the
+/// gated values go; all zero for none.
+#[derive(Clone, Copy)]
+struct ChanGate {
+    z: u64,
+    g: u64,
+    b: u64,
+    slope: f32,
+    out: u64,
+}
+
+impl ChanGate {
+    const NONE: ChanGate = ChanGate {
+        z: 0,
+        g: 0,
+        b: 0,
+        slope: 0.0,
+        out: 0,
+    };
 }
 
 impl Engine for CudaEngine {
@@ -1236,7 +1265,19 @@ impl Engine for CudaEngine {
         }
         if Self::small(outer * ch * inner) {
             let pdb = self.p(db);
-            self.channel_reduce(outer, ch, inner, 0, dy, None, 0, pdb, pdb, (0, 0));
+            self.channel_reduce(
+                outer,
+                ch,
+                inner,
+                0,
+                dy,
+                None,
+                0,
+                pdb,
+                pdb,
+                (0, 0),
+                ChanGate::NONE,
+            );
             return;
         }
         let args = [
@@ -1264,7 +1305,19 @@ impl Engine for CudaEngine {
             return composed::bn_stats(self, outer, ch, inner, x, mean, var);
         }
         let (pm, pv) = (self.p(mean), self.p(var));
-        self.channel_reduce(outer, ch, inner, 1, x, None, 1, pm, pv, (0, 0));
+        self.channel_reduce(
+            outer,
+            ch,
+            inner,
+            1,
+            x,
+            None,
+            1,
+            pm,
+            pv,
+            (0, 0),
+            ChanGate::NONE,
+        );
     }
 
     fn bn_normalize(
@@ -1313,7 +1366,19 @@ impl Engine for CudaEngine {
         let (pm, pmm) = (self.p(&means), self.p(&means) + 4 * ch as u64);
         if !global {
             let g = dy.unwrap_or(dx);
-            self.channel_reduce(outer, ch, inner, 2, g, Some(y), 2, pm, pmm, (0, 0));
+            self.channel_reduce(
+                outer,
+                ch,
+                inner,
+                2,
+                g,
+                Some(y),
+                2,
+                pm,
+                pmm,
+                (0, 0),
+                ChanGate::NONE,
+            );
         }
         let args = [
             i(n),
@@ -1327,6 +1392,9 @@ impl Engine for CudaEngine {
             Arg::U64(self.p(std)),
             Arg::U64(self.p(dx)),
             Arg::U64(0),
+            Arg::U64(0),
+            f(0.0),
+            Arg::I32(0),
         ];
         self.launch("bn_bwd_f32", n, &args);
     }
@@ -1388,13 +1456,26 @@ impl Engine for CudaEngine {
         grads: (&mut Buffer, &mut Buffer),
         dz: Option<&Buffer>,
         dx: Option<&mut Buffer>,
+        gate: Option<(&Buffer, f32)>,
     ) {
         let n = outer * ch * inner;
         if !Self::small(n) || (dz.is_none() && dx.is_none()) {
             return composed::bn_backward_affine(
-                self, outer, ch, inner, global, x_norm, std, gamma, grads, dz, dx,
+                self, outer, ch, inner, global, x_norm, std, gamma, grads, dz, dx, gate,
             );
         }
+        // A folded-in ReLU gates dz where γ·x_norm + β ≤ 0, in both passes that read it.
+        let (pbeta, slope) = gate.map_or((0, 0.0), |(b, s)| (self.p(b), s));
+        let chan_gate = match gate {
+            Some(_) => ChanGate {
+                z: self.p(x_norm),
+                g: self.p(gamma),
+                b: pbeta,
+                slope,
+                out: 0,
+            },
+            None => ChanGate::NONE,
+        };
         // One reduction gives the means BatchNorm needs and both parameter gradients.
         let means = self.scratch(2 * ch);
         let (pm, pmm) = (self.p(&means), self.p(&means) + 4 * ch as u64);
@@ -1403,7 +1484,19 @@ impl Engine for CudaEngine {
             let Some(dzv) = dz.or(dx.as_deref()) else {
                 unreachable!("handled above")
             };
-            self.channel_reduce(outer, ch, inner, 2, dzv, Some(x_norm), 4, pm, pmm, pg);
+            self.channel_reduce(
+                outer,
+                ch,
+                inner,
+                2,
+                dzv,
+                Some(x_norm),
+                4,
+                pm,
+                pmm,
+                pg,
+                chan_gate,
+            );
             self.p(dzv)
         };
         if let Some(dx) = dx {
@@ -1419,6 +1512,9 @@ impl Engine for CudaEngine {
                 Arg::U64(self.p(std)),
                 Arg::U64(self.p(dx)),
                 Arg::U64(self.p(gamma)),
+                Arg::U64(pbeta),
+                f(slope),
+                Arg::I32(gate.is_some() as i32),
             ];
             self.launch("bn_bwd_f32", n, &args);
         }
@@ -1464,7 +1560,19 @@ impl Engine for CudaEngine {
             return composed::channel_dot(self, outer, ch, inner, a, b, out);
         }
         let po = self.p(out);
-        self.channel_reduce(outer, ch, inner, 2, a, Some(b), 3, po, po, (0, 0));
+        self.channel_reduce(
+            outer,
+            ch,
+            inner,
+            2,
+            a,
+            Some(b),
+            3,
+            po,
+            po,
+            (0, 0),
+            ChanGate::NONE,
+        );
     }
 
     fn channel_scale(
@@ -1692,6 +1800,70 @@ impl Engine for CudaEngine {
             Arg::U64(self.p(dx)),
         ];
         self.launch("act_bwd_f32", n, &args);
+    }
+
+    fn relu_backward_bias(
+        &self,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        slope: f32,
+        y: &Buffer,
+        dy: &mut Buffer,
+        db: Option<&mut Buffer>,
+    ) {
+        let n = outer * ch * inner;
+        match db {
+            // One pass gates dy in place and sums it per channel.
+            Some(db) if Self::small(n) && n > 0 => {
+                let (pdb, pdy) = (self.p(db), self.p(dy));
+                let gate = ChanGate {
+                    z: self.p(y),
+                    g: 0,
+                    b: 0,
+                    slope,
+                    out: pdy,
+                };
+                self.channel_reduce(outer, ch, inner, 0, dy, None, 0, pdb, pdb, (0, 0), gate);
+            }
+            db => {
+                let relu = Activation::Relu {
+                    negative_slope: slope,
+                };
+                self.act_backward(relu, y, y, None, dy);
+                if let Some(db) = db {
+                    self.bias_backward(outer, ch, inner, dy, db);
+                }
+            }
+        }
+    }
+
+    fn sum_backward(
+        &self,
+        dy: &Buffer,
+        gate: Option<(f32, &Buffer)>,
+        outs: &mut [(f32, &mut Buffer)],
+    ) {
+        let n = dy.len();
+        let (slope, py) = gate.map_or((0.0, 0), |(s, y)| (s, self.p(y)));
+        // Two bottoms per pass over dy (and y).
+        for pair in outs.chunks_mut(2) {
+            let (c1, p1) = match pair.get(1) {
+                Some((c, d)) => (*c, self.p(d)),
+                None => (0.0, 0),
+            };
+            let args = [
+                u(n),
+                Arg::U64(self.p(dy)),
+                Arg::U64(py),
+                f(slope),
+                f(pair[0].0),
+                Arg::U64(self.p(pair[0].1)),
+                f(c1),
+                Arg::U64(p1),
+            ];
+            self.launch("sum_bwd2_f32", n, &args);
+        }
     }
 
     fn softmax_forward(&self, outer: usize, ch: usize, inner: usize, x: &Buffer, y: &mut Buffer) {
