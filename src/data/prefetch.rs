@@ -334,9 +334,10 @@ impl Feed {
 
 /// Whether a batch is decoded and transformed on the prefetch thread alone or on all cores. Waking
 /// the pool costs a few hundred microseconds, more than all the work of a batch of small raw items
-/// (64 MNIST digits), yet a tiny share of a batch of JPEGs or 227×227 crops. The first batches
-/// alternate between the two ways, then the one with the lower running mean is taken, the other
-/// being tried again now and then in case the items change.
+/// (64 MNIST digits), yet a tiny share of a batch of JPEGs or 227×227 crops. So one thread is
+/// tried only where all cores take under [`Spread::SMALL`] a batch: the first batches then
+/// alternate between the two ways, the one with the lower running mean is taken, and the other
+/// is tried again now and then in case the items change.
 #[derive(Default)]
 struct Spread {
     /// Running mean (decode + transform) in seconds per way: [all cores, one thread].
@@ -350,11 +351,16 @@ impl Spread {
     const PROBE: usize = 4;
     /// Batches between two tries of the way not taken.
     const RETRY: usize = 100;
+    /// Seconds per batch on all cores above which one thread is not worth a try.
+    const SMALL: f64 = 2e-3;
 
     fn serial(&mut self) -> bool {
         self.batches += 1;
-        if self.tries.iter().any(|&t| t < Self::PROBE) {
-            return self.tries[0] > self.tries[1];
+        if self.tries[0] < Self::PROBE || self.mean[0] > Self::SMALL {
+            return false;
+        }
+        if self.tries[1] < Self::PROBE {
+            return true;
         }
         let faster_serial = self.mean[1] < self.mean[0];
         faster_serial != self.batches.is_multiple_of(Self::RETRY)
