@@ -166,24 +166,21 @@ impl Feed {
                 .ok()
                 .filter(|p| p.len() == batch * item);
             let raw = datums.iter().all(|d| !d.encoded() && !d.data().is_empty());
+            let items = Items {
+                datums: &datums,
+                draws: &draws,
+                names: &names,
+                item,
+            };
+            let on = (!serial).then_some(&pool);
             let pixels = if raw {
                 let mut bytes = match spare {
                     Some(Pixels::Bytes { bytes, .. }) => bytes,
                     _ => vec![0u8; batch * item],
                 };
-                let items = Items {
-                    datums: &datums,
-                    draws: &draws,
-                    names: &names,
-                    item,
-                };
-                items.fill(
-                    (!serial).then_some(&pool),
-                    &mut bytes,
-                    |out, d, (h_off, w_off, mirror)| {
-                        t.crop_bytes_at(d, out, h_off, w_off, mirror).map(|_| ())
-                    },
-                )?;
+                items.fill(on, &mut bytes, |out, d, (h_off, w_off, mirror)| {
+                    t.crop_bytes_at(d, out, h_off, w_off, mirror).map(|_| ())
+                })?;
                 Pixels::Bytes {
                     bytes,
                     places: draws
@@ -198,17 +195,9 @@ impl Feed {
                     Some(Pixels::Floats(v)) => v,
                     _ => vec![0.0f32; batch * item],
                 };
-                let items = Items {
-                    datums: &datums,
-                    draws: &draws,
-                    names: &names,
-                    item,
-                };
-                items.fill(
-                    (!serial).then_some(&pool),
-                    &mut data,
-                    |out, d, (h_off, w_off, mirror)| t.transform_at(d, out, h_off, w_off, mirror),
-                )?;
+                items.fill(on, &mut data, |out, d, (h_off, w_off, mirror)| {
+                    t.transform_at(d, out, h_off, w_off, mirror)
+                })?;
                 Pixels::Floats(data)
             };
             spread.record(serial, t0.elapsed() - read);

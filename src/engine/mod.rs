@@ -416,13 +416,7 @@ pub trait Engine {
         dy: &mut Buffer,
         db: Option<&mut Buffer>,
     ) {
-        let relu = Activation::Relu {
-            negative_slope: slope,
-        };
-        self.act_backward(relu, y, y, None, dy);
-        if let Some(db) = db {
-            self.bias_backward(outer, ch, inner, dy, db);
-        }
+        composed::relu_backward_bias(self, outer, ch, inner, slope, y, dy, db)
     }
     /// The backward pass of y = Σ cᵢ·xᵢ (Eltwise SUM): dxᵢ = cᵢ·dy for every (cᵢ, dxᵢ) in
     /// `outs`; with `gate` = (slope, y), dy first goes through the backward pass of a ReLU that
@@ -896,6 +890,26 @@ pub(crate) mod composed {
         }
         if let Some(f) = act {
             e.act_forward(f, None, y);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn relu_backward_bias<E: Engine + ?Sized>(
+        e: &E,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        slope: f32,
+        y: &Buffer,
+        dy: &mut Buffer,
+        db: Option<&mut Buffer>,
+    ) {
+        let relu = Activation::Relu {
+            negative_slope: slope,
+        };
+        e.act_backward(relu, y, y, None, dy);
+        if let Some(db) = db {
+            e.bias_backward(outer, ch, inner, dy, db);
         }
     }
 

@@ -1826,15 +1826,7 @@ impl Engine for CudaEngine {
                 };
                 self.channel_reduce(outer, ch, inner, 0, dy, None, 0, pdb, pdb, (0, 0), gate);
             }
-            db => {
-                let relu = Activation::Relu {
-                    negative_slope: slope,
-                };
-                self.act_backward(relu, y, y, None, dy);
-                if let Some(db) = db {
-                    self.bias_backward(outer, ch, inner, dy, db);
-                }
-            }
+            db => composed::relu_backward_bias(self, outer, ch, inner, slope, y, dy, db),
         }
     }
 
