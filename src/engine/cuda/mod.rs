@@ -727,12 +727,31 @@ impl CudaEngine {
     }
 
     /// Per-channel sums over outer×ch×inner (kernels/channel.cu): `mode` 0 Σa, 1 Σa and Σa², 2 Σa
-    /// and Σa·b, with a ReLU's backward pass applied to a first where `gate` says so; then
-    /// chan_finish's `op` writes the channels' results at device addresses o1 (and o2), and op 4
-    /// its gradients at `grads`. Several blocks per channel, so even a few channels of many
-    /// elements fill the GPU.
+    /// and Σa·b; then chan_finish's `op` writes the channels' results at device addresses o1 (and
+    /// o2), and op 4 its gradients at `grads`. Several blocks per channel, so even a few
+    /// channels of many elements fill the GPU.
     #[allow(clippy::too_many_arguments)]
     fn channel_reduce(
+        &self,
+        outer: usize,
+        ch: usize,
+        inner: usize,
+        mode: i32,
+        a: &Buffer,
+        b: Option<&Buffer>,
+        op: i32,
+        o1: u64,
+        o2: u64,
+        grads: (u64, u64),
+    ) {
+        let none = ChanGate::NONE;
+        self.channel_reduce_gated(outer, ch, inner, mode, a, b, op, o1, o2, grads, none);
+    }
+
+    /// [`CudaEngine::channel_reduce`] with a ReLU's backward pass applied to `a` first where
+    /// `gate` says so.
+    #[allow(clippy::too_many_arguments)]
+    fn channel_reduce_gated(
         &self,
         outer: usize,
         ch: usize,
@@ -1265,19 +1284,7 @@ impl Engine for CudaEngine {
         }
         if Self::small(outer * ch * inner) {
             let pdb = self.p(db);
-            self.channel_reduce(
-                outer,
-                ch,
-                inner,
-                0,
-                dy,
-                None,
-                0,
-                pdb,
-                pdb,
-                (0, 0),
-                ChanGate::NONE,
-            );
+            self.channel_reduce(outer, ch, inner, 0, dy, None, 0, pdb, pdb, (0, 0));
             return;
         }
         let args = [
@@ -1305,19 +1312,7 @@ impl Engine for CudaEngine {
             return composed::bn_stats(self, outer, ch, inner, x, mean, var);
         }
         let (pm, pv) = (self.p(mean), self.p(var));
-        self.channel_reduce(
-            outer,
-            ch,
-            inner,
-            1,
-            x,
-            None,
-            1,
-            pm,
-            pv,
-            (0, 0),
-            ChanGate::NONE,
-        );
+        self.channel_reduce(outer, ch, inner, 1, x, None, 1, pm, pv, (0, 0));
     }
 
     fn bn_normalize(
@@ -1366,19 +1361,7 @@ impl Engine for CudaEngine {
         let (pm, pmm) = (self.p(&means), self.p(&means) + 4 * ch as u64);
         if !global {
             let g = dy.unwrap_or(dx);
-            self.channel_reduce(
-                outer,
-                ch,
-                inner,
-                2,
-                g,
-                Some(y),
-                2,
-                pm,
-                pmm,
-                (0, 0),
-                ChanGate::NONE,
-            );
+            self.channel_reduce(outer, ch, inner, 2, g, Some(y), 2, pm, pmm, (0, 0));
         }
         let args = [
             i(n),
@@ -1484,7 +1467,7 @@ impl Engine for CudaEngine {
             let Some(dzv) = dz.or(dx.as_deref()) else {
                 unreachable!("handled above")
             };
-            self.channel_reduce(
+            self.channel_reduce_gated(
                 outer,
                 ch,
                 inner,
@@ -1560,19 +1543,7 @@ impl Engine for CudaEngine {
             return composed::channel_dot(self, outer, ch, inner, a, b, out);
         }
         let po = self.p(out);
-        self.channel_reduce(
-            outer,
-            ch,
-            inner,
-            2,
-            a,
-            Some(b),
-            3,
-            po,
-            po,
-            (0, 0),
-            ChanGate::NONE,
-        );
+        self.channel_reduce(outer, ch, inner, 2, a, Some(b), 3, po, po, (0, 0));
     }
 
     fn channel_scale(
@@ -1824,7 +1795,7 @@ impl Engine for CudaEngine {
                     slope,
                     out: pdy,
                 };
-                self.channel_reduce(outer, ch, inner, 0, dy, None, 0, pdb, pdb, (0, 0), gate);
+                self.channel_reduce_gated(outer, ch, inner, 0, dy, None, 0, pdb, pdb, (0, 0), gate);
             }
             db => composed::relu_backward_bias(self, outer, ch, inner, slope, y, dy, db),
         }
