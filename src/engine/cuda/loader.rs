@@ -44,11 +44,19 @@ pub fn ensure_libraries() -> Result<(), String> {
     RESULT.get_or_init(check_and_preload).clone()
 }
 
-/// True when one of cudarc's candidate names for `base` opens through the system loader.
+/// True when one of cudarc's candidate names for `base` opens through the system loader. The
+/// library stays loaded: cudarc opens the same name next, which then costs nothing (closing it
+/// here would unmap it, and the second load would map and relocate it all again).
 fn loads_by_name(base: &str) -> bool {
     cudarc::get_lib_name_candidates(base).iter().any(|name| {
         // SAFETY: loading a vendor library runs its initialisers, which is what cudarc would do.
-        unsafe { libloading::Library::new(name) }.is_ok()
+        match unsafe { libloading::Library::new(name) } {
+            Ok(lib) => {
+                std::mem::forget(lib);
+                true
+            }
+            Err(_) => false,
+        }
     })
 }
 

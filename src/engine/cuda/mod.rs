@@ -226,6 +226,39 @@ fn f(v: f32) -> Arg {
     Arg::F32(v)
 }
 
+/// Wall time of consecutive phases, for a one-line log.
+struct Lap {
+    last: std::time::Instant,
+    phases: Vec<(&'static str, f64)>,
+}
+
+impl Lap {
+    fn new() -> Self {
+        Lap {
+            last: std::time::Instant::now(),
+            phases: Vec::new(),
+        }
+    }
+
+    /// Ends the phase `name` now.
+    fn mark(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        let ms = (now - self.last).as_secs_f64() * 1e3;
+        self.phases.push((name, ms));
+        self.last = now;
+    }
+
+    fn report(&self) -> String {
+        let total: f64 = self.phases.iter().map(|p| p.1).sum();
+        let parts: Vec<String> = self
+            .phases
+            .iter()
+            .map(|(n, ms)| format!("{n} {ms:.0}"))
+            .collect();
+        format!("{total:.0} ms ({})", parts.join(", "))
+    }
+}
+
 impl CudaEngine {
     /// Opens GPU `ordinal`: checks the libraries, creates the context, cuBLAS and cuDNN handles on
     /// one stream, and loads the kernels (compiling them on the process's first engine).
@@ -251,13 +284,20 @@ impl CudaEngine {
         let tf32 = options.tf32;
         let env_on = |k: &str| std::env::var(k).is_ok_and(|v| v == "1");
         let deterministic = options.deterministic || env_on("CREMA_DETERMINISTIC");
+        // Start-up phases, logged at debug level: on a fresh machine they can cost seconds.
+        let mut lap = Lap::new();
         let n = device_count()?;
+        lap.mark("libraries");
+        if ordinal < n {
+            kernels::prepare(ordinal);
+        }
         if ordinal >= n {
             return Err(format!(
                 "GPU {ordinal} does not exist: this machine has {n} CUDA device(s)"
             ));
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| format!("opening GPU {ordinal}: {e}"))?;
+        lap.mark("context");
         // SAFETY: the engine uses a single stream, so cudarc's cross-stream event tracking is
         // unnecessary; every buffer is created after this call.
         unsafe { ctx.disable_event_tracking() };
@@ -270,8 +310,12 @@ impl CudaEngine {
         let forced_tf32 = tf32 || env_on("CREMA_TF32");
         let blas = CudaBlas::new(stream.clone()).map_err(|e| format!("cublasCreate: {e}"))?;
         set_blas_math(&blas, !forced_tf32)?;
+        lap.mark("cuBLAS");
         let dnn = conv::Handle::new(stream.cu_stream() as _)?;
+        lap.mark("cuDNN");
         let kernels = Kernels::load(&ctx)?;
+        lap.mark("kernels");
+        tracing::debug!("GPU {ordinal} opened: {}", lap.report());
         let sm = cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT;
         let resident_blocks = (ctx.attribute(sm).unwrap_or(0).max(1) as u32) * 8;
         let draws = stream
