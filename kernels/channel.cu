@@ -5,9 +5,10 @@
 // gives each channel `splits` blocks that each sum a strided share of its outer*inner elements in
 // double, then chan_finish adds a channel's partials in order and applies the operation's formula.
 
-// W floats at vector index k of p: one float (W = 1) or one aligned float4 (W = 4). The vector
-// kernels run where a channel's run of `inner` floats is a whole number of float4s and every
-// pointer is 16-byte aligned (the engine checks), so a vector never straddles two channels.
+// W floats at vector index k of p: one float (W = 1) or one aligned float4 (W = 4). The engine
+// launches a vector kernel only where every pointer is 16-byte aligned and the tensor splits as
+// that kernel needs: chan_partial's vectors stay within one channel's run, BatchNorm's
+// elementwise ones may straddle two channels (ChanAt).
 template <int W>
 __device__ __forceinline__ void ld(const float* p, unsigned k, float (&v)[W]) {
   if constexpr (W == 4) {

@@ -288,14 +288,12 @@ impl CudaEngine {
         let mut lap = Lap::new();
         let n = device_count()?;
         lap.mark("libraries");
-        if ordinal < n {
-            kernels::prepare(ordinal);
-        }
         if ordinal >= n {
             return Err(format!(
                 "GPU {ordinal} does not exist: this machine has {n} CUDA device(s)"
             ));
         }
+        kernels::prepare(ordinal);
         let ctx = CudaContext::new(ordinal).map_err(|e| format!("opening GPU {ordinal}: {e}"))?;
         lap.mark("context");
         // SAFETY: the engine uses a single stream, so cudarc's cross-stream event tracking is
